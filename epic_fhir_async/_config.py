@@ -1,0 +1,40 @@
+"""Constants and defaults in one place (seconds for every duration)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._version import __version__
+
+#: Epic's public sandbox (see shared/epic-behaviour.md §0).
+EPIC_SANDBOX_ROOT: Final = "https://fhir.epic.com/interconnect-fhir-oauth"
+EPIC_SANDBOX_BASE_URL: Final = f"{EPIC_SANDBOX_ROOT}/api/FHIR/R4"
+EPIC_SANDBOX_TOKEN_URL: Final = f"{EPIC_SANDBOX_ROOT}/oauth2/token"
+EPIC_SANDBOX_BULK_GROUP_ID: Final = "e3iabhmS8rsueyz7vaimuiaSmfGvi.QwjVXJANlPOgR83"
+
+#: Path layout the emulator reproduces, relative to the server root.
+FHIR_R4_PATH: Final = "/interconnect-fhir-oauth/api/FHIR/R4"
+OAUTH_PATH: Final = "/interconnect-fhir-oauth/oauth2"
+
+#: Epic answers XML unless asked for JSON (epic-behaviour.md §3.1), so every request says so.
+FHIR_JSON: Final = "application/fhir+json"
+JSON_CONTENT_TYPES: Final = ("application/fhir+json", "application/json", "application/json+fhir")
+FORM_CONTENT_TYPE: Final = "application/x-www-form-urlencoded"
+
+USER_AGENT: Final = f"epic-fhir-async/{__version__}"
+
+#: Epic's OperationOutcome code system (sandbox arc; customers use their own arc ending in the same suffix).
+EPIC_OUTCOME_SYSTEM: Final = "urn:oid:1.2.840.114350.1.13.0.1.7.2.657369"
+EPIC_OUTCOME_SYSTEM_SUFFIX: Final = ".7.2.657369"
+
+JWT_BEARER_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+#: Default httpx timeouts: Epic pages of 1000 entries are ~2 MB and can take seconds to render.
+DEFAULT_TIMEOUT: Final = 60.0
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+
+#: Epic's default and maximum page size (epic-behaviour.md §3.5).
+EPIC_MAX_PAGE_SIZE: Final = 1000
+
+#: Logger name used by every module of the library.
+LOGGER_NAME: Final = "epic_fhir_async"

@@ -1,0 +1,348 @@
+"""The exception tree. Every error the SDK raises is an :class:`EpicFHIRError`::
+
+    EpicFHIRError
+    ├── TransportError              connection failures; RequestTimeout for timeouts
+    │   └── RequestTimeout
+    ├── AuthError
+    │   ├── TokenRequestError       the token endpoint said no: error, error_description, hint
+    │   └── ConfigurationError      bad key, missing client id, no token endpoint, bad argument
+    ├── FHIRStatusError             status_code, operation_outcome, method, url (never the query)
+    │   ├── BadRequest 400          ├── Unauthorized 401      ├── Forbidden 403
+    │   ├── NotFound 404/410        ├── MethodNotAllowed 405  ├── Conflict 409/412
+    │   ├── UnprocessableEntity 422 ├── RateLimited 429       └── ServerError 5xx
+    ├── UnexpectedContentError      XML or HTML where FHIR JSON was expected (Epic does this)
+    ├── PagingError                 a next link that repeats, an expired paging session twice
+    │   └── SessionExpired          Epic's 4113 "Session ID for cached search results has expired."
+    ├── UnsafeURLError              a URL on another origin would have received the bearer token
+    ├── PullError                   a (patient, query) stream of a pull failed
+    └── BulkExportError             anything about $export
+        └── BulkExportTooSoon       "The Client requested this Group too recently."
+
+``str(error)`` names the status, the method, the URL without its query string and the first
+OperationOutcome diagnostics. It never contains a header value, a token or a query string (FHIR query
+strings carry patient identifiers).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from . import _json
+from ._config import JSON_CONTENT_TYPES
+from ._outcome import OperationOutcome
+
+__all__ = [
+    "AuthError",
+    "BadRequest",
+    "BulkExportError",
+    "BulkExportTooSoon",
+    "ConfigurationError",
+    "Conflict",
+    "EpicFHIRError",
+    "FHIRStatusError",
+    "Forbidden",
+    "MethodNotAllowed",
+    "NotFound",
+    "PagingError",
+    "PullError",
+    "RateLimited",
+    "RequestTimeout",
+    "ServerError",
+    "SessionExpired",
+    "TokenRequestError",
+    "TransportError",
+    "Unauthorized",
+    "UnexpectedContentError",
+    "UnprocessableEntity",
+    "UnsafeURLError",
+    "error_from_response",
+    "parse_www_authenticate",
+    "redact_url",
+]
+
+
+def redact_url(url: httpx.URL | str) -> str:
+    """The URL without query, fragment or user info: what is safe to show in logs and errors."""
+    u = httpx.URL(str(url))
+    port = f":{u.port}" if u.port is not None else ""
+    return f"{u.scheme}://{u.host}{port}{u.path}" if u.host else u.path
+
+
+class EpicFHIRError(Exception):
+    """Base of every error raised by epic_fhir_async."""
+
+
+class TransportError(EpicFHIRError):
+    """The request never got an HTTP answer (connection refused or reset, DNS, TLS, protocol error)."""
+
+    def __init__(self, message: str, *, method: str | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+
+
+class RequestTimeout(TransportError):
+    """The request timed out (connect, read, write or pool)."""
+
+
+class AuthError(EpicFHIRError):
+    """Authentication or authorisation could not be set up."""
+
+
+class ConfigurationError(AuthError):
+    """The SDK was configured wrongly (bad key, missing client id, bad argument): the message says what to fix."""
+
+
+class TokenRequestError(AuthError):
+    """The token endpoint refused to issue a token.
+
+    ``error`` and ``error_description`` come from the OAuth error response (Epic sends
+    ``error_description: null``); ``hint`` says what usually causes that error at Epic.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: str | None = None,
+        error_description: str | None = None,
+        hint: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error = error
+        self.error_description = error_description
+        self.hint = hint
+        self.status_code = status_code
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text}\nHint: {self.hint}" if self.hint else text
+
+
+class FHIRStatusError(EpicFHIRError):
+    """The FHIR server answered with an error status.
+
+    ``operation_outcome`` holds every issue of the OperationOutcome body (or ``None`` when the body was empty,
+    as Epic's 401/403 often are); ``www_authenticate`` the parsed ``WWW-Authenticate`` parameters.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        method: str,
+        url: str,
+        operation_outcome: OperationOutcome | None = None,
+        www_authenticate: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.method = method
+        self.url = url
+        self.operation_outcome = operation_outcome
+        self.www_authenticate: Mapping[str, str] = dict(www_authenticate or {})
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status_code={self.status_code}, method={self.method!r}, url={self.url!r})"
+        )
+
+
+class BadRequest(FHIRStatusError):
+    """400: Epic's search-rule failures (missing category, demographics, ...) land here."""
+
+
+class Unauthorized(FHIRStatusError):
+    """401: the token is missing, expired or invalid (``invalid_token``)."""
+
+
+class Forbidden(FHIRStatusError):
+    """403: the app lacks the Incoming API (``insufficient_scope``) or the user lacks security."""
+
+
+class NotFound(FHIRStatusError):
+    """404 or 410: unknown FHIR id (Epic code 59008), unknown path, or an expired bulk file."""
+
+
+class MethodNotAllowed(FHIRStatusError):
+    """405: the interaction is not supported for this type (Epic writes only to some types)."""
+
+
+class Conflict(FHIRStatusError):
+    """409 or 412."""
+
+
+class UnprocessableEntity(FHIRStatusError):
+    """422: the resource failed validation."""
+
+
+class RateLimited(FHIRStatusError):
+    """429 after retries ran out, or a ``Retry-After`` longer than the policy accepts.
+
+    ``retry_after`` is the server's requested wait in seconds when it sent one.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(FHIRStatusError):
+    """5xx after retries ran out."""
+
+
+class UnexpectedContentError(EpicFHIRError):
+    """The server sent something other than FHIR JSON (Epic: XML without ``Accept``, IIS HTML for bad paths)."""
+
+    def __init__(self, message: str, *, status_code: int, content_type: str, method: str, url: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.content_type = content_type
+        self.method = method
+        self.url = url
+
+
+class PagingError(EpicFHIRError):
+    """Paging through a search went wrong (a next link that repeats, a session that expired twice)."""
+
+
+class SessionExpired(PagingError):
+    """Epic's paging session expired (OperationOutcome code 4113)."""
+
+
+class UnsafeURLError(EpicFHIRError):
+    """A URL points outside the FHIR server's origin, so it must not receive the bearer token."""
+
+
+class PullError(EpicFHIRError):
+    """A stream of a concurrent pull failed; ``patient_id`` and ``query`` say which, ``__cause__`` why."""
+
+    def __init__(self, message: str, *, patient_id: str | None, query: str) -> None:
+        super().__init__(message)
+        self.patient_id = patient_id
+        self.query = query
+
+
+class BulkExportError(EpicFHIRError):
+    """A Bulk Data ``$export`` step failed."""
+
+
+class BulkExportTooSoon(BulkExportError):
+    """Epic refused the kick-off: the client exported this Group too recently, or one is still running.
+
+    Not retryable now; ``retry_after`` (seconds) is set when the server said when to come back.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+_STATUS_CLASSES: dict[int, type[FHIRStatusError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    405: MethodNotAllowed,
+    409: Conflict,
+    410: NotFound,
+    412: Conflict,
+    422: UnprocessableEntity,
+    429: RateLimited,
+}
+
+_AUTH_PARAM = re.compile(r'([A-Za-z0-9_\-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+
+
+def parse_www_authenticate(value: str | None) -> dict[str, str]:
+    """Parse a ``Bearer`` challenge's auth-params (``error``, ``error_description``, ``scope``, ...).
+
+    Lenient: unknown schemes, stray commas and missing quotes are tolerated; a bad header gives ``{}``.
+    """
+    if not value:
+        return {}
+    text = value.strip()
+    scheme, _, rest = text.partition(" ")
+    if "=" in scheme:  # no scheme at all, only params
+        rest = text
+    params: dict[str, str] = {}
+    for match in _AUTH_PARAM.finditer(rest):
+        key = match.group(1).lower()
+        quoted = match.group(2)
+        params[key] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match.group(3)
+    return params
+
+
+def _class_for(status: int) -> type[FHIRStatusError]:
+    if status in _STATUS_CLASSES:
+        return _STATUS_CLASSES[status]
+    if status >= 500:
+        return ServerError
+    return FHIRStatusError
+
+
+def _explain_empty(status: int, challenge: Mapping[str, str]) -> str:
+    # Epic answers 401/403 with an empty body; the only clue is WWW-Authenticate (epic-behaviour.md §3.7).
+    error = challenge.get("error")
+    if error == "invalid_token":
+        return "the access token is missing, expired or invalid (invalid_token)"
+    if error == "insufficient_scope":
+        return (
+            "the token is valid but the app is not authorised for this API (insufficient_scope): add the "
+            "Incoming API to the app and allow ~30 minutes for Epic's sync"
+        )
+    if status == 401:
+        return "not authenticated"
+    if status == 403:
+        return "forbidden (no WWW-Authenticate detail)"
+    return "empty body"
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), ``None`` when absent or unparsable."""
+    from ._retry_after import parse_retry_after  # leaf module; local import keeps this one leaf-only
+
+    return parse_retry_after(response.headers.get("retry-after"))
+
+
+def error_from_response(response: httpx.Response) -> FHIRStatusError:
+    """Build the typed error for an error ``response`` whose body has been read."""
+    request = response.request
+    method = request.method
+    url = redact_url(request.url)
+    status = response.status_code
+    content_type = response.headers.get("content-type", "")
+    challenge = parse_www_authenticate(response.headers.get("www-authenticate"))
+    outcome: OperationOutcome | None = None
+    body = response.content
+    if body and content_type.split(";")[0].strip().lower() in JSON_CONTENT_TYPES:
+        try:
+            outcome = OperationOutcome.from_json(_json.loads(body))
+        except ValueError:
+            outcome = None
+    if outcome is not None and outcome.issues:
+        detail = str(outcome)
+    elif not body.strip():
+        detail = _explain_empty(status, challenge)
+    else:
+        kind = content_type.split(";")[0].strip() or "unknown content type"
+        detail = f"non-FHIR body ({kind}, {len(body)} bytes)"
+    reason = response.reason_phrase or ""
+    message = f"{status} {reason} for {method} {url}: {detail}".replace("  ", " ")
+    cls = _class_for(status)
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "method": method,
+        "url": url,
+        "operation_outcome": outcome,
+        "www_authenticate": challenge,
+    }
+    if cls is RateLimited:
+        return RateLimited(message, retry_after=retry_after_seconds(response), **kwargs)
+    return cls(message, **kwargs)

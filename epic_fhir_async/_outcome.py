@@ -1,0 +1,119 @@
+"""OperationOutcome parsing (pure, no I/O): Epic puts every useful fact about a failure in one.
+
+Epic issues carry ``details.coding[0]`` in the system ``urn:oid:...7.2.657369`` with a numeric code (59008,
+4113, ...), plus ``details.text``, ``diagnostics``, ``location`` and ``expression``; one outcome often mixes
+severities (epic-behaviour.md §3.8). We keep every issue, never only the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._config import EPIC_OUTCOME_SYSTEM_SUFFIX
+
+__all__ = ["OperationOutcome", "OutcomeIssue"]
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _str_tuple(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list):
+        return tuple(v for v in value if isinstance(v, str))
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeIssue:
+    """One ``OperationOutcome.issue``; ``epic_code`` is Epic's numeric code when its code system is used."""
+
+    severity: str | None
+    code: str | None
+    details_code: str | None = None
+    details_system: str | None = None
+    details_text: str | None = None
+    diagnostics: str | None = None
+    location: tuple[str, ...] = ()
+    expression: tuple[str, ...] = ()
+
+    @property
+    def epic_code(self) -> str | None:
+        """Epic's code (e.g. ``"4113"``) when the details coding uses an Epic OperationOutcome system."""
+        system = self.details_system or ""
+        if self.details_code and system.endswith(EPIC_OUTCOME_SYSTEM_SUFFIX):
+            return self.details_code
+        return None
+
+    @property
+    def message(self) -> str:
+        """The most specific human text: diagnostics, else details text, else the issue code."""
+        return self.diagnostics or self.details_text or self.code or "unknown issue"
+
+    @classmethod
+    def from_json(cls, issue: Any) -> OutcomeIssue:
+        if not isinstance(issue, Mapping):
+            return cls(severity=None, code=None, diagnostics=None)
+        details = issue.get("details")
+        d_code = d_system = d_text = None
+        if isinstance(details, Mapping):
+            d_text = _str_or_none(details.get("text"))
+            codings = details.get("coding")
+            if isinstance(codings, list):
+                for coding in codings:
+                    if isinstance(coding, Mapping) and coding.get("code") is not None:
+                        d_code = str(coding.get("code"))
+                        d_system = _str_or_none(coding.get("system"))
+                        d_text = d_text or _str_or_none(coding.get("display"))
+                        break
+        return cls(
+            severity=_str_or_none(issue.get("severity")),
+            code=_str_or_none(issue.get("code")),
+            details_code=d_code,
+            details_system=d_system,
+            details_text=d_text,
+            diagnostics=_str_or_none(issue.get("diagnostics")),
+            location=_str_tuple(issue.get("location")),
+            expression=_str_tuple(issue.get("expression")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OperationOutcome:
+    """A parsed OperationOutcome; ``raw`` keeps the resource exactly as it came."""
+
+    issues: tuple[OutcomeIssue, ...]
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, resource: Any) -> OperationOutcome | None:
+        """Parse ``resource`` if it is an OperationOutcome, else return ``None``."""
+        if not isinstance(resource, Mapping) or resource.get("resourceType") != "OperationOutcome":
+            return None
+        issues = resource.get("issue")
+        parsed = tuple(OutcomeIssue.from_json(i) for i in issues) if isinstance(issues, list) else ()
+        return cls(issues=parsed, raw=resource)
+
+    @property
+    def epic_codes(self) -> tuple[str, ...]:
+        return tuple(c for c in (i.epic_code for i in self.issues) if c is not None)
+
+    def has_epic_code(self, code: str) -> bool:
+        return code in self.epic_codes
+
+    @property
+    def primary(self) -> OutcomeIssue | None:
+        """The most severe issue (fatal > error > warning > information), first of equals."""
+        order = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
+        if not self.issues:
+            return None
+        return min(self.issues, key=lambda i: order.get(i.severity or "", 4))
+
+    def __str__(self) -> str:
+        parts = []
+        for issue in self.issues:
+            code = f" [{issue.epic_code}]" if issue.epic_code else ""
+            parts.append(f"{issue.severity or '?'}/{issue.code or '?'}{code}: {issue.message}")
+        return "; ".join(parts) or "OperationOutcome without issues"

@@ -1,0 +1,92 @@
+"""The contract between :class:`~epic_fhir_async.EpicFHIRClient` and every auth method.
+
+An auth method is an :class:`httpx.Auth` flow. The client *binds* it before the first request, handing it the
+``httpx.AsyncClient`` that every request (token requests included) must go through, and the FHIR base URL whose
+origin alone may receive the bearer token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Generator
+
+import httpx
+
+from .._errors import ConfigurationError
+
+__all__ = ["EpicAuth", "StaticTokenAuth", "mask_secret", "same_origin"]
+
+
+def mask_secret(value: str) -> str:
+    """A masked form safe for ``repr`` and logs: no character of the secret, only its length."""
+    return f"<masked, {len(value)} chars>"
+
+
+def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    """RFC 6454 origin equality: scheme, host and (effective) port."""
+    return a.scheme == b.scheme and a.host == b.host and _port(a) == _port(b)
+
+
+def _port(url: httpx.URL) -> int | None:
+    if url.port is not None:
+        return url.port
+    return {"http": 80, "https": 443}.get(url.scheme)
+
+
+class EpicAuth(httpx.Auth):
+    """Base class of the SDK's auth methods.
+
+    Subclasses implement :meth:`async_auth_flow`. Token-bearing subclasses must call :meth:`may_receive_token`
+    before adding an ``Authorization`` header: a bearer token goes only to the FHIR base's origin and to the
+    token endpoint, never to a next link, redirect or file URL elsewhere (a hostile server could harvest it).
+    """
+
+    _http: httpx.AsyncClient | None = None
+    _base_url: httpx.URL | None = None
+    _extra_origins: tuple[httpx.URL, ...] = ()
+
+    def bind(self, *, http_client: httpx.AsyncClient, base_url: httpx.URL | str) -> None:
+        """Called by the client: requests this auth makes itself go through ``http_client``."""
+        self._http = http_client
+        self._base_url = httpx.URL(str(base_url))
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise ConfigurationError(
+                f"{type(self).__name__} is not bound to an HTTP client: pass it to EpicFHIRClient(auth=...)"
+            )
+        return self._http
+
+    def may_receive_token(self, url: httpx.URL) -> bool:
+        """Whether ``url`` is on the FHIR origin (or an origin the auth method itself trusts)."""
+        if self._base_url is None:
+            return False
+        if same_origin(url, self._base_url):
+            return True
+        return any(same_origin(url, o) for o in self._extra_origins)
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise ConfigurationError("epic_fhir_async auth methods work only with httpx.AsyncClient")
+
+    def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        raise NotImplementedError
+
+
+class StaticTokenAuth(EpicAuth):
+    """A bearer token you already have (from ``EPIC_FHIR_ACCESS_TOKEN``, a SMART launch, a secret store).
+
+    It cannot refresh: when Epic answers 401 the error says the token is invalid or expired.
+    """
+
+    def __init__(self, token: str) -> None:
+        if not isinstance(token, str) or not token.strip():
+            raise ConfigurationError("StaticTokenAuth needs a non-empty bearer token string")
+        self._token = token.strip()
+
+    def __repr__(self) -> str:
+        return f"StaticTokenAuth(token={mask_secret(self._token)!r})"
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        if self.may_receive_token(request.url):
+            request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
