@@ -1,0 +1,167 @@
+"""Minimal HTTP primitives shared by the sandbox's parts (routing, OAuth, FHIR, bulk).
+
+The sandbox is a plain ASGI app with no web framework: a parsed :class:`Request` goes in, a
+:class:`Response` comes out. Helpers here build Epic-shaped answers (OperationOutcomes with Epic's code
+system, the IIS HTML 404 page) so that every part speaks the same dialect.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from .. import _json
+from .._config import EPIC_OUTCOME_SYSTEM
+
+__all__ = [
+    "Request",
+    "Response",
+    "html_404",
+    "json_response",
+    "outcome",
+    "outcome_entry",
+    "outcome_issue",
+    "outcome_response",
+]
+
+
+@dataclass
+class Request:
+    """An HTTP request as the sandbox sees it; header names are lower-case."""
+
+    method: str
+    path: str
+    query: list[tuple[str, str]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    raw_query: str = ""
+
+    @classmethod
+    def from_scope(cls, scope: Mapping[str, Any], body: bytes) -> Request:
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        headers: dict[str, str] = {}
+        for name, value in scope.get("headers", []):
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        return cls(
+            method=str(scope.get("method", "GET")).upper(),
+            path=str(scope.get("path", "/")),
+            query=parse_qsl(raw_query, keep_blank_values=True),
+            headers=headers,
+            body=body,
+            raw_query=raw_query,
+        )
+
+    def param(self, name: str) -> str | None:
+        """The first value of query parameter ``name``."""
+        for key, value in self.query:
+            if key == name:
+                return value
+        return None
+
+    def form(self) -> list[tuple[str, str]]:
+        """The body as ``application/x-www-form-urlencoded`` pairs (empty when it is not a form)."""
+        ctype = self.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/x-www-form-urlencoded":
+            return []
+        return parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+@dataclass
+class Response:
+    """An HTTP response.
+
+    ``stream``, when set, replaces ``body`` (large bulk files are generated chunk by chunk, never held whole);
+    ``drop_after`` > 0 makes the server cut the connection after that many body bytes (fault injection).
+    """
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    stream: AsyncIterable[bytes] | None = None
+    drop_after: int = 0
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+
+def json_response(
+    data: Any,
+    status: int = 200,
+    *,
+    content_type: str = "application/fhir+json; charset=utf-8",
+    headers: Iterable[tuple[str, str]] = (),
+) -> Response:
+    body = data if isinstance(data, bytes) else _json.dumps(data)
+    return Response(status, [("content-type", content_type), *headers], body)
+
+
+def outcome_issue(
+    severity: str,
+    code: str,
+    epic_code: str,
+    text: str,
+    *,
+    diagnostics: str | None = None,
+    location: Iterable[str] = (),
+    expression: Iterable[str] = (),
+) -> dict[str, Any]:
+    """One OperationOutcome issue as Epic writes it (details.coding in Epic's OID system + details.text)."""
+    issue: dict[str, Any] = {
+        "severity": severity,
+        "code": code,
+        "details": {
+            "coding": [{"system": EPIC_OUTCOME_SYSTEM, "code": epic_code, "display": text}],
+            "text": text,
+        },
+    }
+    if diagnostics is not None:
+        issue["diagnostics"] = diagnostics
+    if loc := list(location):
+        issue["location"] = loc
+    if expr := list(expression):
+        issue["expression"] = expr
+    return issue
+
+
+def outcome(*issues: dict[str, Any]) -> dict[str, Any]:
+    """An OperationOutcome resource (Epic's have no id)."""
+    return {"resourceType": "OperationOutcome", "issue": list(issues)}
+
+
+def outcome_response(status: int, *issues: dict[str, Any], content_type: str | None = None) -> Response:
+    return json_response(
+        outcome(*issues), status, content_type=content_type or "application/fhir+json; charset=utf-8"
+    )
+
+
+def outcome_entry(resource: dict[str, Any]) -> dict[str, Any]:
+    """A searchset entry carrying an OperationOutcome (``search.mode: outcome``, urn:uuid fullUrl, no id)."""
+    return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource, "search": {"mode": "outcome"}}
+
+
+_IIS_404 = (
+    b'<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
+    b'"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\r\n'
+    b'<html xmlns="http://www.w3.org/1999/xhtml">\r\n<head>\r\n'
+    b'<meta http-equiv="Content-Type" content="text/html; charset=iso-8859-1"/>\r\n'
+    b"<title>404 - File or directory not found.</title>\r\n</head>\r\n<body>\r\n"
+    b'<div id="header"><h1>Server Error</h1></div>\r\n<div id="content">\r\n'
+    b' <div class="content-container"><fieldset>\r\n'
+    b"  <h2>404 - File or directory not found.</h2>\r\n"
+    b"  <h3>The resource you are looking for might have been removed, had its name changed, or is "
+    b"temporarily unavailable.</h3>\r\n </fieldset></div>\r\n</div>\r\n</body>\r\n</html>\r\n"
+)
+
+
+def html_404() -> Response:
+    """Epic's IIS 404 page for unknown types and paths (epic-behaviour.md §3.7): HTML, not FHIR."""
+    return Response(404, [("content-type", "text/html; charset=iso-8859-1")], _IIS_404)
