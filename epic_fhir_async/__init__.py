@@ -9,6 +9,19 @@ Everything public is re-exported here; modules whose names start with ``_`` are 
 
 from __future__ import annotations
 
+from ._bulk import BulkExportJob as BulkExportJob
+from ._bulk_download import BulkDownloadResult as BulkDownloadResult
+from ._bulk_download import BulkTransferStats as BulkTransferStats
+from ._bulk_kickoff import BulkExportStart as BulkExportStart
+from ._bulk_manifest import BulkFileRef as BulkFileRef
+from ._bulk_manifest import BulkManifest as BulkManifest
+from ._bulk_manifest import BulkProgress as BulkProgress
+from ._bulk_manifest import PollCadence as PollCadence
+from ._bulk_stream import BulkResourceStream as BulkResourceStream
+from ._bundle import Page as Page
+from ._checkpoint import PullCheckpoint as PullCheckpoint
+from ._checkpoint import StreamCheckpoint as StreamCheckpoint
+from ._client import EpicFHIRClient as EpicFHIRClient
 from ._errors import AuthError as AuthError
 from ._errors import BadRequest as BadRequest
 from ._errors import BulkExportError as BulkExportError
@@ -34,9 +47,30 @@ from ._errors import UnprocessableEntity as UnprocessableEntity
 from ._errors import UnsafeURLError as UnsafeURLError
 from ._outcome import OperationOutcome as OperationOutcome
 from ._outcome import OutcomeIssue as OutcomeIssue
+from ._pull import PullStream as PullStream
+from ._pull_plan import EpicExpansion as EpicExpansion
+from ._pull_types import PullFailure as PullFailure
+from ._pull_types import PullItem as PullItem
+from ._pull_types import PullProgress as PullProgress
+from ._pull_types import StreamOutcomes as StreamOutcomes
+from ._retry import RetryPolicy as RetryPolicy
+from ._retry import RetryTransport as RetryTransport
+from ._search import SearchQuery as SearchQuery
 from ._version import __version__ as __version__
+from .auth import AccessToken as AccessToken
+from .auth import BackendServicesAuth as BackendServicesAuth
+from .auth import ClientSecretAuth as ClientSecretAuth
 from .auth import EpicAuth as EpicAuth
+from .auth import InMemoryTokenCache as InMemoryTokenCache
+from .auth import RefreshTokenAuth as RefreshTokenAuth
+from .auth import SigningKey as SigningKey
 from .auth import StaticTokenAuth as StaticTokenAuth
+from .auth import TokenCache as TokenCache
+from .auth import TokenManager as TokenManager
+from .auth import generate_private_key as generate_private_key
+from .auth import load_private_keys as load_private_keys
+from .auth import private_key_pem as private_key_pem
+from .auth import public_jwks as public_jwks
 
 # -- core client (issue: Core) --
 # -- auth (issue: Auth) --
@@ -44,32 +78,66 @@ from .auth import StaticTokenAuth as StaticTokenAuth
 # -- bulk (issue: Bulk) --
 
 __all__ = [
+    "AccessToken",
     "AuthError",
+    "BackendServicesAuth",
     "BadRequest",
+    "BulkDownloadResult",
     "BulkExportError",
+    "BulkExportJob",
+    "BulkExportStart",
     "BulkExportTooSoon",
+    "BulkFileRef",
+    "BulkManifest",
+    "BulkProgress",
+    "BulkResourceStream",
+    "BulkTransferStats",
+    "ClientSecretAuth",
     "ConfigurationError",
     "Conflict",
     "EpicAuth",
+    "EpicExpansion",
+    "EpicFHIRClient",
     "EpicFHIRError",
     "FHIRStatusError",
     "Forbidden",
+    "InMemoryTokenCache",
     "MethodNotAllowed",
     "NotFound",
     "OperationOutcome",
     "OutcomeIssue",
+    "Page",
     "PagingError",
+    "PollCadence",
+    "PullCheckpoint",
     "PullError",
+    "PullFailure",
+    "PullItem",
+    "PullProgress",
+    "PullStream",
     "RateLimited",
+    "RefreshTokenAuth",
     "RequestTimeout",
+    "RetryPolicy",
+    "RetryTransport",
+    "SearchQuery",
     "ServerError",
     "SessionExpired",
+    "SigningKey",
     "StaticTokenAuth",
+    "StreamCheckpoint",
+    "StreamOutcomes",
+    "TokenCache",
+    "TokenManager",
     "TokenRequestError",
     "TransportError",
     "Unauthorized",
     "UnexpectedContentError",
     "UnprocessableEntity",
     "UnsafeURLError",
+    "generate_private_key",
+    "load_private_keys",
+    "private_key_pem",
+    "public_jwks",
     "__version__",
 ]

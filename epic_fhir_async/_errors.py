@@ -230,7 +230,22 @@ class PullError(EpicFHIRError):
 
 
 class BulkExportError(EpicFHIRError):
-    """A Bulk Data ``$export`` step failed."""
+    """A Bulk Data ``$export`` step failed.
+
+    ``operation_outcome`` and ``status_code`` are set when a server answer caused it (``__cause__`` holds the
+    underlying :class:`FHIRStatusError`).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation_outcome: OperationOutcome | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.operation_outcome = operation_outcome
+        self.status_code = status_code
 
 
 class BulkExportTooSoon(BulkExportError):
@@ -239,8 +254,15 @@ class BulkExportTooSoon(BulkExportError):
     Not retryable now; ``retry_after`` (seconds) is set when the server said when to come back.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        operation_outcome: OperationOutcome | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message, operation_outcome=operation_outcome, status_code=status_code)
         self.retry_after = retry_after
 
 

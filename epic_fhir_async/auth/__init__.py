@@ -1,8 +1,50 @@
-"""Authentication: the token manager, SMART Backend Services, SMART App Launch, static tokens."""
+"""Authentication: the token manager, SMART Backend Services, client secrets, refresh tokens, static tokens.
+
+Every auth method is an :class:`EpicAuth` (an ``httpx.Auth`` flow) that :class:`~epic_fhir_async.EpicFHIRClient`
+binds to its HTTP client and FHIR base URL. Token-fetching grants share a :class:`TokenManager`: lazy,
+single-flight, refreshed a little before expiry, one refresh for any number of concurrent 401s.
+"""
 
 from __future__ import annotations
 
+from ._assertion import build_client_assertion as build_client_assertion
+from ._backend import BackendServicesAuth as BackendServicesAuth
 from ._base import EpicAuth as EpicAuth
 from ._base import StaticTokenAuth as StaticTokenAuth
+from ._cache import InMemoryTokenCache as InMemoryTokenCache
+from ._cache import TokenCache as TokenCache
+from ._cache import TokenCacheKey as TokenCacheKey
+from ._discovery import SmartEndpoints as SmartEndpoints
+from ._discovery import discover_endpoints as discover_endpoints
+from ._flow import TokenAuth as TokenAuth
+from ._grants import ClientSecretAuth as ClientSecretAuth
+from ._grants import RefreshTokenAuth as RefreshTokenAuth
+from ._keys import SigningKey as SigningKey
+from ._keys import generate_private_key as generate_private_key
+from ._keys import load_private_keys as load_private_keys
+from ._keys import private_key_pem as private_key_pem
+from ._keys import public_jwks as public_jwks
+from ._manager import TokenManager as TokenManager
+from ._token import AccessToken as AccessToken
 
-__all__ = ["EpicAuth", "StaticTokenAuth"]
+__all__ = [
+    "AccessToken",
+    "BackendServicesAuth",
+    "ClientSecretAuth",
+    "EpicAuth",
+    "InMemoryTokenCache",
+    "RefreshTokenAuth",
+    "SigningKey",
+    "SmartEndpoints",
+    "StaticTokenAuth",
+    "TokenAuth",
+    "TokenCache",
+    "TokenCacheKey",
+    "TokenManager",
+    "build_client_assertion",
+    "discover_endpoints",
+    "generate_private_key",
+    "load_private_keys",
+    "private_key_pem",
+    "public_jwks",
+]

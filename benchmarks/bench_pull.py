@@ -1,0 +1,226 @@
+"""Scenario B of perf-anchors.md: 200 patient searches (50 patients x 4 types, 5 pages of 100) at 20 ms/request.
+
+The sandbox is served on 127.0.0.1 from a child process (so its CPU is not counted in ours, as in the
+anchors), answering every request 20 ms late. Printed in one run:
+
+* the SDK's ``client.pull`` at concurrency 16,
+* a hand-written anyio + httpx + orjson fan-out at concurrency 16 (target: SDK <= 1.2x this),
+* a sequential loop of SDK searches,
+* the latency floor ``requests x latency / concurrency``,
+* the SDK's peak traced memory for 50 and for 500 patients (it must not grow with the patient count).
+
+    python -m benchmarks pull            # or: python benchmarks/bench_pull.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import multiprocessing
+import statistics
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+
+import anyio
+import httpx
+import orjson
+
+from benchmarks._pull_server import serve_in_child
+from epic_fhir_async import EpicFHIRClient, StaticTokenAuth
+
+NAME = "pull"
+LATENCY = 0.020
+CONCURRENCY = 16
+PAGE = 100
+PAGES = 5
+TYPES = ["Observation?category=vital-signs", "Condition", "MedicationRequest", "Encounter"]
+
+
+# -- the server (child process) --------------------------------------------------------------------------
+class Server:
+    """The sandbox with ``patients`` x 4 types x ``per_type`` resources, served on 127.0.0.1 by a child."""
+
+    def __init__(self, patients: int, per_type: int, latency: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._parent, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=serve_in_child, args=(child, patients, per_type, latency), daemon=True
+        )
+
+    def __enter__(self) -> tuple[str, str, list[str]]:
+        self._proc.start()
+        base_url, token, patient_ids = self._parent.recv()
+        return str(base_url), str(token), list(patient_ids)
+
+    def __exit__(self, *exc: object) -> None:
+        self._parent.send("stop")
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+
+
+# -- the drivers ---------------------------------------------------------------------------------------
+def _streams(patients: list[str], types: list[str]) -> list[tuple[str, dict[str, str]]]:
+    out = []
+    for pid in patients:
+        for template in types:
+            rtype, _, query = template.partition("?")
+            params = dict(p.split("=") for p in query.split("&")) if query else {}
+            out.append((rtype, {**params, "patient": pid, "_count": str(PAGE)}))
+    return out
+
+
+async def sdk_pull(base_url: str, token: str, patients: list[str], concurrency: int, types: list[str]) -> int:
+    n = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    templates = [f"{t}{'&' if '?' in t else '?'}_count={PAGE}" for t in types]
+    async with (
+        httpx.AsyncClient(limits=limits, timeout=60.0) as http,
+        EpicFHIRClient(base_url, auth=StaticTokenAuth(token), http_client=http) as client,
+        client.pull(patients, templates, concurrency=concurrency) as stream,
+    ):
+        async for _ in stream:
+            n += 1
+    return n
+
+
+async def sdk_sequential(
+    base_url: str, token: str, patients: list[str], concurrency: int, types: list[str]
+) -> int:
+    n = 0
+    async with EpicFHIRClient(base_url, auth=StaticTokenAuth(token)) as client:
+        for rtype, params in _streams(patients, types):
+            async for _ in client.search(rtype, **params):
+                n += 1
+    return n
+
+
+async def handwritten(
+    base_url: str, token: str, patients: list[str], concurrency: int, types: list[str]
+) -> int:
+    """The baseline: anyio task group + CapacityLimiter, one pooled httpx client, orjson, next links."""
+    total = 0
+    limiter = anyio.CapacityLimiter(concurrency)
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=60.0) as http:
+
+        async def one(rtype: str, params: dict[str, str]) -> None:
+            nonlocal total
+            async with limiter:
+                url: str | None = f"{base_url}/{rtype}"
+                query: dict[str, str] | None = params
+                while url:
+                    response = await http.get(url, params=query)
+                    response.raise_for_status()
+                    bundle = orjson.loads(response.content)
+                    total += sum(
+                        1 for e in bundle.get("entry", ()) if e.get("search", {}).get("mode") == "match"
+                    )
+                    url = next(
+                        (link["url"] for link in bundle.get("link", ()) if link["relation"] == "next"), None
+                    )
+                    query = None
+
+        async with anyio.create_task_group() as tg:
+            for rtype, params in _streams(patients, types):
+                tg.start_soon(one, rtype, params)
+    return total
+
+
+Driver = Callable[[str, str, list[str], int, list[str]], Awaitable[int]]
+
+
+def _time(
+    driver: Driver, base_url: str, token: str, patients: list[str], concurrency: int
+) -> tuple[float, float, int]:
+    """Wall seconds, this process's CPU seconds (the server's are not counted), resources seen."""
+    gc.collect()
+    start, cpu = time.perf_counter(), time.process_time()
+    n = anyio.run(driver, base_url, token, patients, concurrency, TYPES)
+    return time.perf_counter() - start, time.process_time() - cpu, n
+
+
+def _peak_memory(base_url: str, token: str, patients: list[str], types: list[str]) -> tuple[float, int]:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        n = anyio.run(sdk_pull, base_url, token, patients, CONCURRENCY, types)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak / 2**20, n
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench_pull", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the 20 s sequential loop")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per driver (median reported)")
+    args = parser.parse_args(argv)
+
+    print(
+        f"Scenario B: 50 patients x {len(TYPES)} types x {PAGES} pages of {PAGE}, {LATENCY * 1000:.0f} ms/request"
+    )
+    with Server(patients=50, per_type=PAGE * PAGES, latency=LATENCY) as (base_url, token, patients):
+        requests = len(patients) * len(TYPES) * PAGES
+        floor = requests * LATENCY / CONCURRENCY
+        results: dict[str, tuple[float, float]] = {}
+        drivers: list[tuple[str, Driver, int]] = [
+            ("SDK client.pull, concurrency 16", sdk_pull, CONCURRENCY),
+            ("hand-written anyio+httpx+orjson, c16", handwritten, CONCURRENCY),
+        ]
+        if not args.quick:
+            drivers.append(("SDK sequential search loop", sdk_sequential, 1))
+        expected = len(patients) * len(TYPES) * PAGE * PAGES
+        # Interleaved runs (A B A B ...), medians per driver and the median of the per-round ratios: the
+        # machine is shared and noisy, so paired ratios are the dependable figure (as in perf-anchors.md).
+        runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in drivers}
+        for round_ in range(args.repeat):
+            for label, driver, concurrency in drivers:
+                if driver is sdk_sequential and round_:
+                    continue  # 20+ s each: once is enough
+                seconds, cpu, n = _time(driver, base_url, token, patients, concurrency)
+                assert n == expected, f"{label}: {n} resources, expected {expected}"
+                runs[label].append((seconds, cpu))
+        for label, measured in runs.items():
+            results[label] = (
+                statistics.median(w for w, _ in measured),
+                statistics.median(c for _, c in measured),
+            )
+        paired = statistics.median(
+            sdk[0] / hand[0]
+            for sdk, hand in zip(
+                runs["SDK client.pull, concurrency 16"],
+                runs["hand-written anyio+httpx+orjson, c16"],
+                strict=True,
+            )
+        )
+        base, base_cpu = results["hand-written anyio+httpx+orjson, c16"]
+        print(f"{'driver':42} {'wall s':>8} {'x hand-written':>15} {'x floor':>8} {'client CPU s':>13}")
+        for label, (seconds, cpu) in results.items():
+            print(f"{label:42} {seconds:8.2f} {seconds / base:15.2f} {seconds / floor:8.2f} {cpu:13.2f}")
+        print(f"{'latency floor (requests x 20 ms / 16)':42} {floor:8.2f}")
+        sdk_cpu = results["SDK client.pull, concurrency 16"][1]
+        ratio = paired
+        verdict = "OK" if ratio <= 1.2 else "ABOVE"
+        print(
+            f"SDK / hand-written: {ratio:.2f}x wall, paired median (target <= 1.2x: {verdict}), {sdk_cpu / base_cpu:.2f}x client CPU"
+        )
+        if base > 2 * floor:
+            print(
+                "note: wall times far above the floor mean the one-process sandbox server is the bottleneck"
+            )
+
+    print("\nPeak traced memory of client.pull (no latency, 2 types x 1 page of 100 per patient):")
+    peaks = {}
+    for n_patients in (50, 500):
+        with Server(patients=n_patients, per_type=PAGE, latency=0.0) as (base_url, token, patients):
+            peak, n = _peak_memory(base_url, token, patients, ["Condition", "Encounter"])
+            peaks[n_patients] = peak
+            print(f"  {n_patients:4d} patients: {n:7,d} resources, peak {peak:6.1f} MiB")
+    print(f"  500 / 50 patients peak ratio: {peaks[500] / peaks[50]:.2f}x (flat is ~1x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Bulk Data ``$export`` kick-off (epic-behaviour.md §4): what ``client.bulk_export(...)`` returns.
+
+Group-level at Epic (``GET [base]/Group/{id}/$export`` with ``Prefer: respond-async`` and
+``Accept: application/fhir+json``); Patient- and system-level for servers that have them; GET with a query or
+POST with a ``Parameters`` body. Epic's "The Client requested this Group too recently" becomes
+:class:`~epic_fhir_async.BulkExportTooSoon` and is never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote
+
+import anyio
+import httpx
+
+from . import _json
+from ._bulk import BulkClient, BulkExportJob, outcome_error
+from ._bulk_manifest import PollCadence, is_too_recent, kickoff_parameters, kickoff_query
+from ._config import FHIR_JSON, LOGGER_NAME
+from ._errors import (
+    BulkExportError,
+    BulkExportTooSoon,
+    FHIRStatusError,
+    TransportError,
+    error_from_response,
+    redact_url,
+)
+from ._retry import NO_RETRY
+
+__all__ = ["BulkExportStart"]
+
+logger = logging.getLogger(f"{LOGGER_NAME}.bulk")
+
+#: Seconds the shielded DELETE may take when an ``async with`` block is left early.
+_CANCEL_TIMEOUT = 30.0
+
+
+class BulkExportStart:
+    """What ``client.bulk_export(...)`` returns: ``await`` it for the job, or ``async with`` it.
+
+    In the ``async with`` form, an exception or cancellation inside the block cancels the job (``DELETE``) in
+    a shielded scope bounded to 30 s, so a crashed or interrupted run does not keep Epic's one export slot.
+    """
+
+    def __init__(
+        self,
+        client: BulkClient,
+        *,
+        group_id: str | None,
+        patient_level: bool,
+        types: Sequence[str] | None,
+        type_filters: Sequence[str] | None,
+        since: str | None,
+        output_format: str | None,
+        method: Literal["GET", "POST"],
+        extra_params: Mapping[str, str] | None,
+        cadence: PollCadence | None,
+        allow_foreign_files: bool,
+    ) -> None:
+        if group_id is not None and patient_level:
+            raise ValueError("pass group_id or patient_level=True, not both")
+        if method not in ("GET", "POST"):
+            raise ValueError("method must be 'GET' or 'POST'")
+        self._client = client
+        self._group_id = group_id
+        self._patient_level = patient_level
+        self._types = list(types) if types else None
+        self._type_filters = list(type_filters) if type_filters else None
+        self._since = since
+        self._output_format = output_format
+        self._method = method
+        self._extra = dict(extra_params or {})
+        self._cadence = cadence
+        self._allow_foreign = allow_foreign_files
+        self._job: BulkExportJob | None = None
+
+    def __await__(self) -> Generator[Any, None, BulkExportJob]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> BulkExportJob:
+        self._job = await self._start()
+        return self._job
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        job = self._job
+        if exc_type is None or job is None:
+            return
+        with anyio.move_on_after(_CANCEL_TIMEOUT, shield=True):
+            try:
+                await job.cancel()
+            except Exception:  # the original exception matters more; never mask it
+                logger.warning("could not cancel bulk export %s", redact_url(job.status_url), exc_info=True)
+            else:
+                logger.info("cancelled bulk export %s after an early exit", redact_url(job.status_url))
+
+    def _path(self) -> str:
+        if self._group_id is not None:
+            return f"Group/{quote(self._group_id, safe='')}/$export"
+        return "Patient/$export" if self._patient_level else "$export"
+
+    async def _start(self) -> BulkExportJob:
+        options: dict[str, Any] = {
+            "types": self._types,
+            "type_filters": self._type_filters,
+            "since": self._since,
+            "output_format": self._output_format,
+            "extra": self._extra,
+        }
+        headers = {"Accept": FHIR_JSON, "Prefer": "respond-async"}
+        path = self._path()
+        try:
+            if self._method == "POST":
+                headers["Content-Type"] = FHIR_JSON
+                response = await _send_once(
+                    self._client, "POST", path, headers, kickoff_parameters(**options)
+                )
+            else:
+                query = kickoff_query(**options)
+                response = await _send_once(
+                    self._client, "GET", f"{path}?{query}" if query else path, headers
+                )
+        except FHIRStatusError as exc:
+            raise _kickoff_error(exc, self._group_id is None) from exc
+        location = response.headers.get("content-location")
+        if response.status_code != 202 or not location:
+            raise BulkExportError(
+                f"the $export kick-off answered {response.status_code} without a Content-Location status URL",
+                status_code=response.status_code,
+            )
+        job = BulkExportJob(
+            self._client,
+            str(response.url.join(location)),
+            cadence=self._cadence,
+            allow_foreign_files=self._allow_foreign,
+        )
+        logger.info("bulk export started; status URL %s", redact_url(job.status_url))
+        return job
+
+
+async def _send_once(
+    client: BulkClient, method: str, path: str, headers: dict[str, str], body: Any = None
+) -> httpx.Response:
+    """Send the kick-off exactly once, status checked, through the client's pool and auth.
+
+    Not ``client.request``: the retrying transport would repeat a GET answered 429, and Epic's "requested this
+    Group too recently" rejection (a 429 in the sandbox) must reach the caller at once as
+    :class:`BulkExportTooSoon` instead of being retried or pausing every other request (§4).
+    """
+    url = client.url(path)
+    content = _json.dumps(body) if body is not None else None
+    request = client.http.build_request(
+        method, url, headers=headers, content=content, extensions={NO_RETRY: True}
+    )
+    try:
+        response = await client.http.send(request, auth=client.auth)
+    except httpx.HTTPError as exc:
+        raise TransportError(
+            f"{type(exc).__name__} during the $export kick-off to {redact_url(url)}",
+            method=method,
+            url=redact_url(url),
+        ) from exc
+    if response.status_code >= 400:
+        raise error_from_response(response)
+    return response
+
+
+def _kickoff_error(exc: FHIRStatusError, not_group: bool) -> BulkExportError:
+    if is_too_recent(exc.operation_outcome):
+        retry_after = getattr(exc, "retry_after", None)
+        when = f"; retry in {retry_after:.0f} s" if isinstance(retry_after, (int, float)) else ""
+        return BulkExportTooSoon(
+            "Epic refused the $export kick-off: the client requested this Group too recently, or an export of "
+            "it is still running (one per client and Group; cancel it with job.cancel() or wait for the "
+            f"customer-configured window){when}",
+            retry_after=retry_after if isinstance(retry_after, (int, float)) else None,
+            operation_outcome=exc.operation_outcome,
+            status_code=exc.status_code,
+        )
+    hint = "; Epic supports Group-level $export only" if not_group and exc.status_code == 404 else ""
+    return outcome_error(f"the $export kick-off was refused{hint}", exc)

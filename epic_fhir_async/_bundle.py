@@ -1,0 +1,94 @@
+"""Bundle helpers and :class:`Page`: one searchset page split into data, outcomes and includes.
+
+Resources stay the plain dicts orjson returned (DESIGN.md §7: no per-resource objects). Epic puts
+OperationOutcome warnings inside searchsets as ``search.mode == "outcome"`` entries (epic-behaviour.md §3.6);
+they go to ``Page.outcomes`` and are never yielded as data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import EpicFHIRError
+from ._outcome import OperationOutcome
+
+__all__ = ["Page", "next_link", "parse_page"]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a search.
+
+    ``resources`` are the match entries (``search.mode`` ``"match"`` or absent); ``included`` the
+    ``"include"`` entries; ``outcomes`` the parsed OperationOutcomes; ``total`` is ``Bundle.total`` (on Epic
+    it equals the page size when paged: use ``SearchQuery.count()``); ``raw`` the whole Bundle.
+    """
+
+    resources: list[dict[str, Any]]
+    outcomes: list[OperationOutcome]
+    included: list[dict[str, Any]]
+    next_url: str | None
+    total: int | None
+    raw: dict[str, Any] = field(repr=False)
+
+
+def next_link(bundle: Mapping[str, Any]) -> str | None:
+    """The ``link`` with ``relation == "next"`` (verbatim), or ``None``. Tolerates a missing or odd ``link``."""
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            url = link.get("url")
+            if isinstance(url, str) and url:
+                return url
+    return None
+
+
+def parse_page(bundle: Any) -> Page:
+    """Split a searchset Bundle into a :class:`Page`.
+
+    Raises :class:`EpicFHIRError` when the body is not a Bundle. Entries without a ``resource`` (or with a
+    non-object one) are skipped: they carry no data, and failing a 100k-resource pull on one would be worse.
+    """
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
+        raise EpicFHIRError(f"expected a FHIR Bundle from a search, got {kind!r}")
+    resources: list[dict[str, Any]] = []
+    outcomes: list[OperationOutcome] = []
+    included: list[dict[str, Any]] = []
+    entries = bundle.get("entry")
+    if isinstance(entries, list):
+        append = resources.append
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            resource = entry.get("resource")
+            if not isinstance(resource, dict):
+                continue
+            search = entry.get("search")
+            mode = search.get("mode") if isinstance(search, dict) else None
+            if mode is None or mode == "match":
+                if resource.get("resourceType") == "OperationOutcome" and mode is None:
+                    outcome = OperationOutcome.from_json(resource)
+                    if outcome is not None:
+                        outcomes.append(outcome)
+                    continue
+                append(resource)
+            elif mode == "outcome":
+                outcome = OperationOutcome.from_json(resource)
+                if outcome is not None:
+                    outcomes.append(outcome)
+            elif mode == "include":
+                included.append(resource)
+    total = bundle.get("total")
+    return Page(
+        resources=resources,
+        outcomes=outcomes,
+        included=included,
+        next_url=next_link(bundle),
+        total=total if isinstance(total, int) else None,
+        raw=bundle,
+    )

@@ -1,0 +1,477 @@
+"""EpicFHIRClient: one pooled ``httpx.AsyncClient``, typed errors, the FHIR interactions Epic supports."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx
+
+from . import _json
+from ._bundle import Page, parse_page
+from ._config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, FHIR_JSON, JSON_CONTENT_TYPES, USER_AGENT
+from ._errors import (
+    ConfigurationError,
+    EpicFHIRError,
+    RequestTimeout,
+    TransportError,
+    UnexpectedContentError,
+    UnsafeURLError,
+    error_from_response,
+    redact_url,
+)
+from ._retry import RETRY_SAFE, RetryPolicy, RetryTransport
+from ._search import SearchQuery
+from .auth._base import EpicAuth, same_origin
+
+if TYPE_CHECKING:
+    import anyio
+
+    from ._bulk import BulkExportJob
+    from ._bulk_kickoff import BulkExportStart
+    from ._bulk_manifest import PollCadence
+    from ._checkpoint import StreamCheckpoint
+    from ._pull import PullStream
+    from ._pull_plan import EpicExpansion
+    from ._pull_types import PullProgress
+
+__all__ = ["EpicFHIRClient"]
+
+_MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _media_type(response: httpx.Response) -> str:
+    value: str = response.headers.get("content-type", "")
+    return value.split(";", 1)[0].strip().lower()
+
+
+class EpicFHIRClient:
+    """Async client for an Epic FHIR R4 server; use as ``async with EpicFHIRClient(base_url, auth=...)``.
+
+    ``timeout`` in seconds. ``transport`` is wrapped in :class:`RetryTransport` with ``retry``. A caller-owned
+    ``http_client`` is used as-is (no retry wrapping, never closed here) and carries every request, the auth's
+    token requests included. Plain ``http://`` is refused except on loopback (or with your own client).
+    """
+
+    def __init__(
+        self,
+        base_url: str | httpx.URL,
+        *,
+        auth: EpicAuth | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        http2: bool = False,
+        retry: RetryPolicy | None = None,
+        epic_client_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        url = httpx.URL(str(base_url).rstrip("/"))
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigurationError("base_url must be an absolute http(s) URL of the FHIR R4 base")
+        if url.scheme == "http" and http_client is None and not _is_loopback(url.host):
+            raise ConfigurationError(
+                f"refusing plain http:// for {redact_url(url)}: bearer tokens need TLS (loopback is allowed; "
+                "pass your own http_client to override)"
+            )
+        self.base_url = url
+        self._base_prefix = str(url) + "/"
+        self.auth = auth
+        base_headers = {"Accept": FHIR_JSON, "User-Agent": USER_AGENT}
+        if epic_client_id:
+            base_headers["Epic-Client-ID"] = epic_client_id
+        if headers:
+            base_headers.update(headers)
+        self._headers = base_headers
+        self._owns_http = http_client is None
+        if http_client is None:
+            inner = transport or httpx.AsyncHTTPTransport(
+                http2=http2, retries=0, limits=httpx.Limits(max_connections=100, max_keepalive_connections=40)
+            )
+            http_client = httpx.AsyncClient(
+                transport=RetryTransport(inner, policy=retry),
+                timeout=httpx.Timeout(timeout, connect=min(timeout, DEFAULT_CONNECT_TIMEOUT)),
+                follow_redirects=False,
+                headers=base_headers,
+            )
+            self._send_headers: dict[str, str] | None = None
+        else:
+            self._send_headers = base_headers  # the caller's client lacks our defaults: add them per request
+        self.http = http_client
+        if auth is not None:
+            auth.bind(http_client=http_client, base_url=url)
+
+    def __repr__(self) -> str:
+        return f"EpicFHIRClient({redact_url(self.base_url)!r})"
+
+    async def __aenter__(self) -> EpicFHIRClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close our HTTP client (a caller-owned one is left open)."""
+        if self._owns_http:
+            await self.http.aclose()
+
+    # -- URLs -------------------------------------------------------------------------------------------
+
+    def url(self, url: str | httpx.URL, *, allow_foreign_origin: bool = False) -> httpx.URL:
+        """Resolve ``url`` against the base; an absolute URL elsewhere raises :class:`UnsafeURLError`."""
+        text = str(url)
+        if "://" not in text:
+            if text.startswith("/"):  # absolute path: same origin as the base
+                return self.base_url.join(text)
+            return httpx.URL(self._base_prefix + text)
+        absolute = httpx.URL(text)
+        if not allow_foreign_origin and not same_origin(absolute, self.base_url):
+            raise UnsafeURLError(
+                f"refusing {redact_url(absolute)}: not on the FHIR server's origin, it would receive the token"
+            )
+        return absolute
+
+    # -- low level --------------------------------------------------------------------------------------
+
+    async def _send(
+        self, request: httpx.Request, *, stream: bool, allow_foreign_origin: bool
+    ) -> httpx.Response:
+        auth = self.auth
+        foreign = not same_origin(request.url, self.base_url)
+        for _ in range(_MAX_REDIRECTS + 1):
+            try:
+                response = await self.http.send(
+                    request, auth=None if foreign else auth, stream=True, follow_redirects=False
+                )
+            except httpx.TimeoutException as exc:
+                raise RequestTimeout(
+                    f"{type(exc).__name__} during {request.method} {redact_url(request.url)}",
+                    method=request.method,
+                    url=redact_url(request.url),
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise TransportError(
+                    f"{type(exc).__name__} during {request.method} {redact_url(request.url)}",
+                    method=request.method,
+                    url=redact_url(request.url),
+                ) from exc
+            if response.status_code in _REDIRECTS and "location" in response.headers:
+                await response.aclose()
+                target = request.url.join(response.headers["location"])
+                if not same_origin(target, self.base_url) and not allow_foreign_origin:
+                    raise UnsafeURLError(
+                        f"refusing a redirect from {redact_url(request.url)} to {redact_url(target)}: another "
+                        "origin would receive the token"
+                    )
+                foreign = not same_origin(target, self.base_url)
+                method = "GET" if response.status_code == 303 else request.method
+                request = self.http.build_request(method, target, headers=request.headers)
+                continue
+            if response.status_code >= 400:
+                await response.aread()
+                await response.aclose()
+                media = _media_type(response)
+                if response.content and ("html" in media or "xml" in media):
+                    # Epic's IIS answers unknown types/paths with an HTML 404 page (§3.7): not a FHIR error.
+                    raise self._unexpected(response, media)
+                raise error_from_response(response)
+            if not stream:
+                await response.aread()
+            return response
+        raise TransportError(f"too many redirects from {redact_url(request.url)}", method=request.method)
+
+    def _build(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        params: Any = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        data: Mapping[str, Any] | None = None,
+        allow_foreign_origin: bool = False,
+        extensions: dict[str, Any] | None = None,
+    ) -> httpx.Request:
+        target = self.url(url, allow_foreign_origin=allow_foreign_origin)
+        send_headers: dict[str, str] = {}
+        if self._send_headers is not None:
+            send_headers.update(self._send_headers)
+        if headers:
+            send_headers.update(headers)
+        if json is not None:
+            content = _json.dumps(json)
+            send_headers.setdefault("Content-Type", FHIR_JSON)
+        return self.http.build_request(
+            method,
+            target,
+            params=params,
+            headers=send_headers or None,
+            content=content,
+            data=data,
+            extensions=extensions,
+        )
+
+    async def request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        params: Any = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        data: Mapping[str, Any] | None = None,
+        allow_foreign_origin: bool = False,
+        retry_safe: bool = False,
+    ) -> httpx.Response:
+        """Send a request; the body is read and the status checked (errors are typed).
+
+        Relative URLs resolve against the base. ``allow_foreign_origin`` permits another origin (no token is
+        sent there). ``retry_safe`` lets the retrying transport repeat a POST.
+        """
+        request = self._build(
+            method,
+            url,
+            params=params,
+            headers=headers,
+            json=json,
+            content=content,
+            data=data,
+            allow_foreign_origin=allow_foreign_origin,
+            extensions={RETRY_SAFE: True} if retry_safe else None,
+        )
+        return await self._send(request, stream=False, allow_foreign_origin=allow_foreign_origin)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        params: Any = None,
+        headers: Mapping[str, str] | None = None,
+        allow_foreign_origin: bool = False,
+    ) -> AsyncIterator[httpx.Response]:
+        """``async with client.stream("GET", url) as response``: the body is not read; status checked."""
+        request = self._build(
+            method, url, params=params, headers=headers, allow_foreign_origin=allow_foreign_origin
+        )
+        response = await self._send(request, stream=True, allow_foreign_origin=allow_foreign_origin)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    def decode(self, response: httpx.Response) -> Any:
+        """The JSON body, after checking the Content-Type (Epic sends XML or IIS HTML in some cases, §3.1)."""
+        media = _media_type(response)
+        if media not in JSON_CONTENT_TYPES:
+            raise self._unexpected(response, media)
+        try:
+            return _json.loads(response.content)
+        except ValueError as exc:
+            raise EpicFHIRError(
+                f"invalid JSON from {response.request.method} {redact_url(response.request.url)}"
+            ) from exc
+
+    @staticmethod
+    def _unexpected(response: httpx.Response, media: str) -> UnexpectedContentError:
+        request = response.request
+        kind = "XML" if "xml" in media else "HTML" if "html" in media else media or "no content type"
+        hint = ""
+        if kind == "HTML" and response.status_code == 404:
+            hint = ": an IIS 404 page, Epic's answer for an unknown resource type or unsupported path"
+        elif kind == "XML":
+            hint = ": Epic answers XML when the request lacks Accept: application/fhir+json"
+        return UnexpectedContentError(
+            f"expected FHIR JSON from {request.method} {redact_url(request.url)} but got {kind} "
+            f"({media or 'unknown'}, {len(response.content)} bytes, status {response.status_code}){hint}",
+            status_code=response.status_code,
+            content_type=media,
+            method=request.method,
+            url=redact_url(request.url),
+        )
+
+    async def _json(self, method: str, url: str | httpx.URL, **kwargs: Any) -> Any:
+        return self.decode(await self.request(method, url, **kwargs))
+
+    # -- FHIR interactions ------------------------------------------------------------------------------
+
+    async def capabilities(self) -> dict[str, Any]:
+        """The server's CapabilityStatement (``GET metadata``)."""
+        result: dict[str, Any] = await self._json("GET", "metadata")
+        return result
+
+    async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """``GET [type]/[id]``; unknown ids raise :class:`NotFound` (Epic code 59008)."""
+        result: dict[str, Any] = await self._json("GET", f"{resource_type}/{resource_id}")
+        return result
+
+    def search(self, resource_type: str, /, **params: Any) -> SearchQuery:
+        """An immutable :class:`SearchQuery`; nothing is sent until it is iterated or awaited."""
+        return SearchQuery(self, resource_type, params)
+
+    def pull(
+        self,
+        patients: Iterable[str] | AsyncIterable[str],
+        types: Iterable[str] | str,
+        *,
+        concurrency: int | anyio.CapacityLimiter = 8,
+        expand: bool | EpicExpansion = True,
+        on_error: Literal["raise", "collect"] = "raise",
+        checkpoint: StreamCheckpoint | None = None,
+        progress: Callable[[PullProgress], object] | None = None,
+        buffer: int = 16,
+        keep_outcomes: bool = True,
+    ) -> PullStream:
+        """Pull ``types`` for every patient concurrently: ``async with client.pull(...) as s: async for item in s``.
+
+        ``types`` are resource types or query templates (``"Observation?category=laboratory"``), expanded by
+        Epic's search rules unless ``expand=False``; at most ``concurrency`` searches run at once; ``buffer``
+        pages wait for the consumer before the producers pause. See :mod:`epic_fhir_async._pull`.
+        """
+        from ._pull import pull  # the pull machinery is loaded only by callers who use it
+
+        transport: Any = getattr(
+            self.http, "_transport", None
+        )  # our RetryTransport, when we built the client
+        retries = (lambda: int(transport.retries)) if hasattr(transport, "retries") else None
+        return pull(
+            self,
+            patients,
+            types,
+            concurrency=concurrency,
+            expand=expand,
+            on_error=on_error,
+            checkpoint=checkpoint,
+            progress=progress,
+            buffer=buffer,
+            keep_outcomes=keep_outcomes,
+            retries=retries,
+        )
+
+    async def create(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
+        """``POST [type]``; returns the created resource when the server sends one (never retried)."""
+        response = await self.request("POST", str(resource["resourceType"]), json=resource)
+        return self.decode(response) if response.content else None
+
+    async def update(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
+        """``PUT [type]/[id]``; returns the updated resource when the server sends one."""
+        path = f"{resource['resourceType']}/{resource['id']}"
+        response = await self.request("PUT", path, json=resource)
+        return self.decode(response) if response.content else None
+
+    async def operation(
+        self,
+        name: str,
+        *,
+        type: str | None = None,
+        id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        method: str = "GET",
+    ) -> dict[str, Any]:
+        """Run ``$name`` at system, type or instance level (``Patient/$match`` is POST with Parameters)."""
+        op = name if name.startswith("$") else f"${name}"
+        path = "/".join(p for p in (type, id, op) if p)
+        if parameters is not None:
+            method = "POST"
+        result: dict[str, Any] = await self._json(method, path, params=params, json=parameters)
+        return result
+
+    async def binary(
+        self, url_or_id: str, *, content_type: str = "application/octet-stream"
+    ) -> tuple[bytes, str]:
+        """Raw bytes and Content-Type of a ``Binary`` (id, ``Binary/<id>`` or same-origin URL), asking ``Accept``
+        ``content_type`` (Epic serves DocumentReference notes as text/html and text/rtf)."""
+        target = url_or_id if ("/" in url_or_id or "://" in url_or_id) else f"Binary/{url_or_id}"
+        response = await self.request("GET", target, headers={"Accept": content_type})
+        return response.content, response.headers.get("content-type", content_type)
+
+    async def attachment(self, attachment: Mapping[str, Any]) -> tuple[bytes, str]:
+        """The bytes of a FHIR Attachment: inline ``data`` (base64) or its ``url`` with its ``contentType``."""
+        content_type = str(attachment.get("contentType") or "application/octet-stream")
+        data = attachment.get("data")
+        if isinstance(data, str):
+            import base64
+
+            return base64.b64decode(data), content_type
+        url = attachment.get("url")
+        if not isinstance(url, str) or not url:
+            raise EpicFHIRError("the attachment has neither data nor url")
+        return await self.binary(url, content_type=content_type)
+
+    # -- bulk $export (issue: Bulk) ---------------------------------------------------------------------
+
+    def bulk_export(
+        self,
+        group_id: str | None = None,
+        *,
+        types: Iterable[str] | None = None,
+        type_filters: Iterable[str] | None = None,
+        since: str | None = None,
+        patient_level: bool = False,
+        output_format: str | None = None,
+        method: Literal["GET", "POST"] = "GET",
+        extra_params: Mapping[str, str] | None = None,
+        cadence: PollCadence | None = None,
+        allow_foreign_files: bool = False,
+    ) -> BulkExportStart:
+        """Kick off a Bulk Data ``$export``: ``job = await client.bulk_export(...)`` or ``async with`` it.
+
+        Group-level with ``group_id`` (Epic's only level, §4); ``patient_level=True`` or neither for servers
+        with Patient- or system-level export. ``since`` is sent as ``_since`` although Epic rejects it. See
+        :mod:`epic_fhir_async._bulk`.
+        """
+        from ._bulk_kickoff import BulkExportStart
+
+        return BulkExportStart(
+            self,
+            group_id=group_id,
+            patient_level=patient_level,
+            types=list(types) if types is not None else None,
+            type_filters=list(type_filters) if type_filters is not None else None,
+            since=since,
+            output_format=output_format,
+            method=method,
+            extra_params=extra_params,
+            cadence=cadence,
+            allow_foreign_files=allow_foreign_files,
+        )
+
+    def bulk_export_job(
+        self, status_url: str, *, cadence: PollCadence | None = None, allow_foreign_files: bool = False
+    ) -> BulkExportJob:
+        """Resume watching an export from its saved status URL (after a restart or crash)."""
+        from ._bulk import BulkExportJob
+
+        return BulkExportJob(self, status_url, cadence=cadence, allow_foreign_files=allow_foreign_files)
+
+    # -- paging (used by SearchQuery) -------------------------------------------------------------------
+
+    async def _search_page(self, resource_type: str, params: dict[str, Any], *, method: str) -> Page:
+        if method == "POST":
+            response = await self.request("POST", f"{resource_type}/_search", data=params, retry_safe=True)
+        else:
+            response = await self.request("GET", resource_type, params=params or None)
+        return parse_page(self.decode(response))
+
+    async def _next_page(self, next_url: str) -> Page:
+        # Verbatim next link (Epic's sessionID, §3.5); another origin raises UnsafeURLError in url().
+        return parse_page(self.decode(await self.request("GET", next_url)))

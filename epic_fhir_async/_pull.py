@@ -1,0 +1,428 @@
+"""Concurrent pulls: many (patient, query) searches fanned out over a task group, merged into one stream.
+
+Shape (why an async context manager and not an async generator): the fan-out needs a task group, and anyio
+forbids yielding from an async generator while a task group is open inside it (a ``break`` in the caller
+would leave the group open in a half-closed generator, finalised later in another task). So the pull is an
+object that *owns* its task group between ``__aenter__`` and ``__aexit__``::
+
+    async with client.pull(patients, ["Condition", "Observation"]) as stream:
+        async for item in stream:          # PullItem(patient_id, query, resource)
+            ...
+
+Leaving the block (``break``, an exception, the caller being cancelled) cancels every request in flight
+and waits for the tasks to finish: no task outlives the ``async with``. Iterating without entering it is a
+``TypeError`` with that hint.
+
+Inside, one coordinator task reads patient ids lazily and starts one task per (patient, query) stream only
+when the ``CapacityLimiter`` grants a slot, so at most ``concurrency`` searches (each one request at a time)
+run and the patient iterable is never materialised. Pages travel to the consumer through a bounded memory
+object stream of ``buffer`` pages: a slow consumer blocks the producers (backpressure), so at most
+``buffer + concurrency`` pages are held ahead of the consumer however many patients are pulled.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Protocol
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._checkpoint import StreamCheckpoint
+from ._config import LOGGER_NAME
+from ._errors import ConfigurationError, PullError
+from ._outcome import OperationOutcome
+from ._pull_plan import EpicExpansion, PullQuery, expand_queries
+from ._pull_types import ProgressEvent, PullFailure, PullItem, PullProgress, StreamOutcomes
+
+__all__ = ["PullStream", "pull"]
+
+logger = logging.getLogger(f"{LOGGER_NAME}.pull")
+
+OnError = Literal["raise", "collect"]
+PatientIds = Iterable[str] | AsyncIterable[str]
+
+
+class _Page(Protocol):
+    @property
+    def resources(self) -> Sequence[dict[str, Any]]: ...
+    @property
+    def outcomes(self) -> Sequence[OperationOutcome]: ...
+
+
+class _Search(Protocol):
+    def pages(self) -> AsyncIterator[Any]: ...
+
+
+class Searcher(Protocol):
+    """What a pull needs from the client: ``search(type, **params)`` returning a query with ``.pages()``."""
+
+    def search(self, resource_type: str, /, **params: Any) -> Any: ...
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """One message from a stream: a page of resources, or its end (``last``, with outcomes or an error)."""
+
+    patient_id: str
+    query: str
+    resources: Sequence[dict[str, Any]]
+    last: bool = False
+    outcomes: tuple[OperationOutcome, ...] = ()
+    error: Exception | None = None
+
+
+@dataclass(slots=True)
+class _Counters:
+    streams_total: int | None = None
+    streams_done: int = 0
+    streams_failed: int = 0
+    streams_skipped: int = 0
+    patients_seen: int = 0
+    patients_done: int = 0
+    pages: int = 0
+    resources: int = 0
+    remaining: dict[str, int] = field(
+        default_factory=dict
+    )  # patient -> streams not finished (in flight only)
+
+
+def _check_id(patient_id: object) -> str:
+    if not isinstance(patient_id, str) or not patient_id:
+        raise ConfigurationError("patient ids must be non-empty strings (FHIR ids)")
+    return patient_id
+
+
+async def _aiter_ids(patients: PatientIds) -> AsyncGenerator[str, None]:
+    if isinstance(patients, AsyncIterable):
+        iterator = aiter(patients)
+        try:
+            async for pid in iterator:
+                yield _check_id(pid)
+        finally:
+            # An async generator of ids is ours alone once handed to the pull: close it here, in this task,
+            # rather than leave it to the garbage collector (which trio reports as an error).
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+    else:
+        for pid in patients:
+            yield _check_id(pid)
+
+
+class PullStream:
+    """A running pull: ``async with`` it, then ``async for item in stream``.
+
+    ``failures`` lists the failed streams (``on_error="collect"``); ``outcomes`` the Epic warnings per
+    stream (when ``keep_outcomes``); ``progress`` is the latest counter snapshot.
+    """
+
+    def __init__(
+        self,
+        client: Searcher,
+        patients: PatientIds,
+        queries: tuple[PullQuery, ...],
+        *,
+        limiter: anyio.CapacityLimiter,
+        on_error: OnError,
+        checkpoint: StreamCheckpoint | None,
+        progress: Callable[[PullProgress], object] | None,
+        buffer: int,
+        keep_outcomes: bool,
+        retries: Callable[[], int | None] | None,
+    ) -> None:
+        self._client = client
+        self._patients = patients
+        self.queries = queries
+        self._limiter = limiter
+        self._on_error = on_error
+        self._checkpoint = checkpoint
+        self._progress_cb = progress
+        self._buffer = buffer
+        self._keep_outcomes = keep_outcomes
+        self._retries = retries
+        self.failures: list[PullFailure] = []
+        self.outcomes: list[StreamOutcomes] = []
+        self._c = _Counters()
+        hint = operator.length_hint(patients, -1)  # lists, tuples, or any object with __length_hint__
+        if hint >= 0:
+            self._c.streams_total = hint * len(queries)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._streams_scope: anyio.CancelScope | None = None
+        self._send: MemoryObjectSendStream[_Chunk] | None = None
+        self._receive: MemoryObjectReceiveStream[_Chunk] | None = None
+        self._chunk: _Chunk | None = None
+        self._index = 0
+        self._fatal: BaseException | None = None
+        self._held: set[object] = set()
+        self._started_at = 0.0
+        self._state: Literal["new", "running", "closed"] = "new"
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def __aenter__(self) -> PullStream:
+        if self._state != "new":
+            raise RuntimeError("a PullStream can be entered only once")
+        self._send, self._receive = anyio.create_memory_object_stream[_Chunk](self._buffer)
+        self._started_at = anyio.current_time()
+        self._emit("started")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._state = "running"
+        tg.start_soon(self._produce)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        tg, self._tg = self._tg, None
+        self._state = "closed"
+        if tg is None:
+            return None
+        tg.cancel_scope.cancel()
+        if self._receive is not None:
+            self._receive.close()
+        # Hand the task group only a cancellation (so it can absorb its own); any other exception of the body
+        # propagates unwrapped instead of inside an ExceptionGroup.
+        cancelled = exc if isinstance(exc, anyio.get_cancelled_exc_class()) else None
+        try:
+            await tg.__aexit__(type(cancelled) if cancelled else None, cancelled, tb if cancelled else None)
+        finally:
+            if self._send is not None:
+                self._send.close()  # normally closed by the coordinator; not if it was cancelled unstarted
+        return None
+
+    # -- consumer side ---------------------------------------------------------------------------------
+    def __aiter__(self) -> PullStream:
+        if self._state != "running":
+            raise TypeError(
+                "iterate a pull inside its context: `async with client.pull(...) as stream: async for item in "
+                "stream` (the context owns the task group, so leaving it cancels the work)"
+            )
+        return self
+
+    async def __anext__(self) -> PullItem:
+        while True:
+            if self._fatal is not None:
+                raise self._fatal
+            chunk = self._chunk
+            if chunk is not None:
+                index = self._index
+                if index < len(chunk.resources):
+                    self._index = index + 1
+                    return PullItem(chunk.patient_id, chunk.query, chunk.resources[index])
+                self._chunk = None
+                if chunk.last:
+                    await self._finish_stream(chunk)
+            if self._receive is None or self._state != "running":
+                raise StopAsyncIteration
+            try:
+                self._chunk = await self._receive.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                self._chunk = None
+            if self._chunk is None:  # all producers are gone (outside the except: keep the error's own cause)
+                if self._fatal is not None:
+                    raise self._fatal
+                self._state = "closed"
+                self._emit("finished")
+                raise StopAsyncIteration
+            self._index = 0
+
+    async def _finish_stream(self, chunk: _Chunk) -> None:
+        # Runs in the consumer's task after the stream's last resource was consumed: the point where a
+        # checkpoint may record the stream as complete.
+        c = self._c
+        if chunk.outcomes and self._keep_outcomes:
+            self.outcomes.append(StreamOutcomes(chunk.patient_id, chunk.query, chunk.outcomes))
+        if chunk.error is not None:
+            self.failures.append(PullFailure(chunk.patient_id, chunk.query, chunk.error))
+            c.streams_failed += 1
+            if self._checkpoint is not None:
+                await self._checkpoint.mark_failed(chunk.patient_id, chunk.query)
+            event: ProgressEvent = "stream_failed"
+        else:
+            if self._checkpoint is not None:
+                await self._checkpoint.mark_complete(chunk.patient_id, chunk.query)
+            c.streams_done += 1
+            event = "stream_done"
+        left = c.remaining.get(chunk.patient_id, 1) - 1
+        if left <= 0:
+            c.remaining.pop(chunk.patient_id, None)
+            c.patients_done += 1
+        else:
+            c.remaining[chunk.patient_id] = left
+        self._emit(event)
+
+    # -- producer side ---------------------------------------------------------------------------------
+    async def _produce(self) -> None:
+        assert self._send is not None
+        send = self._send
+        c = self._c
+        try:
+            async with anyio.create_task_group() as streams:
+                self._streams_scope = streams.cancel_scope
+                try:
+                    async with aclosing(_aiter_ids(self._patients)) as patient_ids:
+                        async for patient_id in patient_ids:
+                            c.patients_seen += 1
+                            todo = [
+                                q
+                                for q in self.queries
+                                if self._checkpoint is None
+                                or not self._checkpoint.is_complete(patient_id, q.label)
+                            ]
+                            c.streams_skipped += len(self.queries) - len(todo)
+                            if not todo:
+                                c.patients_done += 1
+                                continue
+                            c.remaining[patient_id] = c.remaining.get(patient_id, 0) + len(todo)
+                            for query in todo:
+                                token = object()
+                                await self._limiter.acquire_on_behalf_of(token)
+                                self._held.add(token)
+                                streams.start_soon(self._run_stream, patient_id, query, token)
+                except Exception as exc:  # the patients iterable failed, or gave a bad id
+                    self._set_fatal(exc)
+                c.streams_total = c.patients_seen * len(self.queries)
+        finally:
+            for token in self._held:  # tasks cancelled before they ever ran
+                self._limiter.release_on_behalf_of(token)
+            self._held.clear()
+            send.close()
+
+    async def _run_stream(self, patient_id: str, query: PullQuery, token: object) -> None:
+        assert self._send is not None
+        send = self._send
+        c = self._c
+        outcomes: list[OperationOutcome] = []
+        label = query.label
+        try:
+            try:
+                search = self._client.search(query.resource_type, **query.params_for(patient_id))
+                pages = search.pages()
+                try:
+                    async for page in pages:
+                        resources = page.resources
+                        c.pages += 1
+                        c.resources += len(resources)
+                        if page.outcomes:
+                            outcomes.extend(page.outcomes)
+                        self._emit("page")
+                        if resources:
+                            await send.send(_Chunk(patient_id, label, resources))
+                finally:
+                    # Cancelled while blocked in send(), the page generator sits at a yield: close it now
+                    # (shielded, it only runs its finally blocks) rather than whenever it is collected.
+                    aclose = getattr(pages, "aclose", None)
+                    if aclose is not None:
+                        with anyio.CancelScope(shield=True):
+                            await aclose()
+            except Exception as exc:
+                if self._on_error == "raise":
+                    error = PullError(
+                        f"pull stream {label} failed for one patient (see .patient_id): {type(exc).__name__}: {exc}",
+                        patient_id=patient_id,
+                        query=label,
+                    )
+                    error.__cause__ = exc
+                    self._set_fatal(error)
+                    return
+                logger.warning("pull stream %s failed: %s", label, type(exc).__name__)
+                await send.send(_Chunk(patient_id, label, (), last=True, outcomes=tuple(outcomes), error=exc))
+                return
+            await send.send(_Chunk(patient_id, label, (), last=True, outcomes=tuple(outcomes)))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # the consumer left: nothing to deliver to
+        finally:
+            self._held.discard(token)
+            self._limiter.release_on_behalf_of(token)
+
+    # -- shared ----------------------------------------------------------------------------------------
+    def _set_fatal(self, error: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = error
+        if self._streams_scope is not None:
+            self._streams_scope.cancel()
+
+    @property
+    def progress(self) -> PullProgress:
+        """The current counters (event ``"page"`` when read outside a callback)."""
+        return self._snapshot("page")
+
+    def _snapshot(self, event: ProgressEvent) -> PullProgress:
+        c = self._c
+        return PullProgress(
+            event=event,
+            streams_total=c.streams_total,
+            streams_done=c.streams_done,
+            streams_failed=c.streams_failed,
+            streams_skipped=c.streams_skipped,
+            patients_seen=c.patients_seen,
+            patients_done=c.patients_done,
+            pages=c.pages,
+            resources=c.resources,
+            retries=self._retries() if self._retries is not None else None,
+            elapsed=anyio.current_time() - self._started_at if self._started_at else 0.0,
+        )
+
+    def _emit(self, event: ProgressEvent) -> None:
+        if self._progress_cb is None:
+            return
+        try:
+            self._progress_cb(self._snapshot(event))
+        except Exception as exc:  # a broken progress callback ends the pull visibly, not silently
+            self._set_fatal(exc)
+            if event in {"stream_done", "stream_failed", "finished"}:
+                raise
+
+
+def pull(
+    client: Searcher,
+    patients: PatientIds,
+    types: Iterable[str] | str,
+    *,
+    concurrency: int | anyio.CapacityLimiter = 8,
+    expand: bool | EpicExpansion = True,
+    on_error: OnError = "raise",
+    checkpoint: StreamCheckpoint | None = None,
+    progress: Callable[[PullProgress], object] | None = None,
+    buffer: int = 16,
+    keep_outcomes: bool = True,
+    retries: Callable[[], int | None] | None = None,
+) -> PullStream:
+    """Pull ``types`` for every patient concurrently; see :meth:`EpicFHIRClient.pull`.
+
+    Arguments are checked here, before anything runs (bad templates, Epic-refused categories, a
+    non-positive concurrency or buffer raise :class:`ConfigurationError`).
+    """
+    queries = expand_queries(types, expand)
+    if isinstance(concurrency, anyio.CapacityLimiter):
+        limiter = concurrency
+    elif isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency >= 1:
+        limiter = anyio.CapacityLimiter(concurrency)
+    else:
+        raise ConfigurationError("concurrency must be a positive int or an anyio.CapacityLimiter")
+    if not isinstance(buffer, int) or buffer < 1:
+        raise ConfigurationError("buffer must be a positive number of pages")
+    if on_error not in ("raise", "collect"):
+        raise ConfigurationError("on_error must be 'raise' or 'collect'")
+    if isinstance(patients, str):
+        raise ConfigurationError("patients must be an iterable of ids, not one string: use [patient_id]")
+    return PullStream(
+        client,
+        patients,
+        queries,
+        limiter=limiter,
+        on_error=on_error,
+        checkpoint=checkpoint,
+        progress=progress,
+        buffer=buffer,
+        keep_outcomes=keep_outcomes,
+        retries=retries,
+    )

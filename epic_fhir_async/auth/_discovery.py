@@ -1,0 +1,124 @@
+"""SMART discovery: where a FHIR server's token (and authorize) endpoints are.
+
+SDK must-have 6 and epic-behaviour.md §2.1: read ``[base]/.well-known/smart-configuration`` (JSON by
+default at Epic since Aug 2021); when that is missing or unusable, fall back to the CapabilityStatement at
+``[base]/metadata`` and its ``oauth-uris`` security extension, asking for JSON explicitly (Epic answers
+XML otherwise). The ``Epic-Client-ID`` header goes on both requests, because some customers return
+per-client endpoints. Token URLs are never derived by editing the base URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .. import _json
+from .._config import FHIR_JSON
+from .._errors import ConfigurationError, RequestTimeout, TransportError, redact_url
+
+__all__ = ["OAUTH_URIS_EXTENSION", "SmartEndpoints", "discover_endpoints"]
+
+logger = logging.getLogger("epic_fhir_async.auth")
+
+OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+@dataclass(frozen=True)
+class SmartEndpoints:
+    """The OAuth endpoints of a FHIR server and where they were found (``"smart-configuration"`` or
+    ``"metadata"``). ``configuration`` is the whole smart-configuration document when there was one."""
+
+    token_endpoint: str
+    authorization_endpoint: str | None
+    source: str
+    configuration: Mapping[str, Any] | None = None
+
+
+def _absolute(value: object, base: httpx.URL) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    url = httpx.URL(value.strip())
+    if url.scheme not in ("http", "https") or not url.host:
+        return None
+    if base.scheme == "https" and url.scheme != "https":
+        return None  # never downgrade: an https FHIR server with an http token endpoint is a misconfiguration
+    return str(url)
+
+
+async def _get_json(http: httpx.AsyncClient, url: str, headers: Mapping[str, str]) -> object | None:
+    try:
+        response = await http.request("GET", url, headers=dict(headers), auth=None)
+    except httpx.TimeoutException as exc:
+        raise RequestTimeout(
+            f"discovery request to {redact_url(url)} timed out", method="GET", url=url
+        ) from exc
+    except httpx.TransportError as exc:
+        raise TransportError(
+            f"discovery request to {redact_url(url)} failed: {type(exc).__name__}", method="GET", url=url
+        ) from exc
+    if response.status_code != 200:
+        logger.debug("discovery: %s answered %s", redact_url(url), response.status_code)
+        return None
+    try:
+        doc: object = _json.loads(response.content)
+    except ValueError:
+        logger.debug("discovery: %s did not answer JSON", redact_url(url))
+        return None
+    return doc
+
+
+def _from_capability_statement(doc: object, base: httpx.URL) -> tuple[str | None, str | None]:
+    if not isinstance(doc, Mapping):
+        return None, None
+    for rest in doc.get("rest") or ():
+        security = rest.get("security") if isinstance(rest, Mapping) else None
+        if not isinstance(security, Mapping):
+            continue
+        for ext in security.get("extension") or ():
+            if not isinstance(ext, Mapping) or ext.get("url") != OAUTH_URIS_EXTENSION:
+                continue
+            uris = {
+                sub.get("url"): sub.get("valueUri")
+                for sub in ext.get("extension") or ()
+                if isinstance(sub, Mapping)
+            }
+            return _absolute(uris.get("token"), base), _absolute(uris.get("authorize"), base)
+    return None, None
+
+
+async def discover_endpoints(
+    http: httpx.AsyncClient, base_url: httpx.URL | str, *, client_id: str | None = None
+) -> SmartEndpoints:
+    """Find the token endpoint of the FHIR server at ``base_url`` (smart-configuration, then metadata).
+
+    Requests go through ``http`` with ``auth=None``. Raises :class:`ConfigurationError` when neither
+    document names a token endpoint (pass ``token_url=`` then).
+    """
+    base = httpx.URL(str(base_url).rstrip("/"))
+    extra = {"Epic-Client-ID": client_id} if client_id else {}
+    config = await _get_json(
+        http, f"{base}/.well-known/smart-configuration", {"Accept": "application/json", **extra}
+    )
+    if isinstance(config, Mapping):
+        token = _absolute(config.get("token_endpoint"), base)
+        if token is not None:
+            logger.debug("discovered token endpoint %s from smart-configuration", redact_url(token))
+            return SmartEndpoints(
+                token_endpoint=token,
+                authorization_endpoint=_absolute(config.get("authorization_endpoint"), base),
+                source="smart-configuration",
+                configuration=dict(config),
+            )
+    metadata = await _get_json(http, f"{base}/metadata", {"Accept": FHIR_JSON, **extra})
+    token, authorize = _from_capability_statement(metadata, base)
+    if token is not None:
+        logger.debug("discovered token endpoint %s from the CapabilityStatement", redact_url(token))
+        return SmartEndpoints(token_endpoint=token, authorization_endpoint=authorize, source="metadata")
+    raise ConfigurationError(
+        f"could not discover the token endpoint of {redact_url(base)}: neither "
+        "/.well-known/smart-configuration nor /metadata names one; pass token_url= explicitly"
+    )

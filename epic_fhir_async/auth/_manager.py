@@ -1,0 +1,167 @@
+"""The token manager: lazy, single-flight, proactively refreshed tokens without a background task.
+
+Integrators of Epic report refresh storms (hundreds of token calls a minute from parallel workers) and tokens
+that die in the middle of paging. The manager makes both impossible:
+
+* :meth:`TokenManager.get` returns the current token without awaiting anything while it is fresh (the hot
+  path of every request); otherwise it takes an :class:`anyio.Lock`, re-checks, and only the first waiter
+  asks the provider. However many tasks wait, one token request is made per expiry.
+* "Fresh" ends a margin before expiry. The margin adapts to the token's lifetime,
+  ``min(leeway, 10 % of lifetime)``, so an hour-long Epic token is refreshed a minute early and a
+  3-second test token 0.3 s early, not on every request.
+* :meth:`TokenManager.invalidate` drops a token only if it is still the current one, so fifty tasks that
+  all got a 401 with the same token cause one refresh, not fifty.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Union
+
+import anyio
+
+from ._cache import InMemoryTokenCache, TokenCache, TokenCacheKey
+from ._token import AccessToken
+
+__all__ = ["TokenManager", "TokenProvider", "refresh_margin"]
+
+logger = logging.getLogger("epic_fhir_async.auth")
+
+#: Fetches a brand-new token (the grant's token request). Tokens must be timed on the manager's clock.
+TokenProvider = Callable[[], Awaitable[AccessToken]]
+CacheKeySource = Union[TokenCacheKey, Callable[[], Awaitable[TokenCacheKey]], None]  # noqa: UP007 (runtime alias, py3.10)
+
+#: After a proactive refresh failed while the old token is still valid, wait this long before trying again
+#: (never past the old token's expiry), so a failing token endpoint is not hit on every request.
+_RETRY_FAILED_REFRESH_AFTER = 5.0
+
+
+def refresh_margin(lifetime: float | None, leeway: float) -> float:
+    """Seconds before expiry at which a token stops being fresh: ``min(leeway, lifetime / 10)``."""
+    if lifetime is None or lifetime <= 0:
+        return leeway
+    return min(leeway, lifetime * 0.1)
+
+
+class TokenManager:
+    """Hands out the current token and refreshes it at most once per expiry.
+
+    ``provider`` is an async callable returning a new :class:`AccessToken` whose times are on ``clock``
+    (seconds, ``time.monotonic`` by default). ``leeway`` (seconds, default 60) is the largest refresh margin.
+    ``cache`` defaults to a private :class:`InMemoryTokenCache`; ``cache_key`` (a :class:`TokenCacheKey`, or
+    an async callable returning one, for grants that discover their token URL lazily) names the entry.
+    Without a key the cache is not used. Works on asyncio and trio; starts no background task.
+    """
+
+    def __init__(
+        self,
+        provider: TokenProvider,
+        *,
+        leeway: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        cache: TokenCache | None = None,
+        cache_key: CacheKeySource = None,
+    ) -> None:
+        if leeway < 0 or not math.isfinite(leeway):
+            raise ValueError("leeway must be a finite number of seconds >= 0")
+        self._provider = provider
+        self._leeway = float(leeway)
+        self._clock = clock
+        self._cache: TokenCache = cache if cache is not None else InMemoryTokenCache()
+        self._cache_key = cache_key
+        self._lock = anyio.Lock()
+        self._token: AccessToken | None = None
+        self._refresh_at = -math.inf
+        self._rejected: AccessToken | None = None
+        self.fetches = 0  #: how many times the provider was called (useful in tests and metrics)
+
+    def __repr__(self) -> str:
+        return f"TokenManager(token={self._token!r}, leeway={self._leeway}, fetches={self.fetches})"
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    @property
+    def current(self) -> AccessToken | None:
+        """The token held right now (fresh or not), without fetching."""
+        return self._token
+
+    async def get(self) -> AccessToken:
+        """The current token, fetched or refreshed first when it is missing or about to expire."""
+        token = self._token
+        if token is not None and self._clock() < self._refresh_at:
+            return token  # hot path: no lock, no await
+        return await self._refresh()
+
+    def invalidate(self, token: AccessToken | None = None) -> bool:
+        """Drop ``token`` if it is still the current one (``None``: drop whatever is current).
+
+        Returns whether something was dropped. Call it after a 401 with the token the request carried:
+        when another task has already replaced that token, this is a no-op and the next :meth:`get`
+        returns the replacement without a new token request.
+        """
+        current = self._token
+        if current is None or (token is not None and token is not current):
+            return False
+        self._rejected = current
+        self._token = None
+        self._refresh_at = -math.inf
+        return True
+
+    def set(self, token: AccessToken) -> None:
+        """Install a token obtained elsewhere (for example the first token of a SMART launch)."""
+        self._install(token)
+
+    def _install(self, token: AccessToken) -> None:
+        self._token = token
+        margin = refresh_margin(token.lifetime, self._leeway)
+        self._refresh_at = token.expires_at - margin
+
+    async def _key(self) -> TokenCacheKey | None:
+        source = self._cache_key
+        if source is None or isinstance(source, tuple):
+            return source
+        return await source()
+
+    def _usable(self, token: AccessToken, now: float) -> bool:
+        if token is self._rejected:
+            return False
+        return now < token.expires_at - refresh_margin(token.lifetime, self._leeway)
+
+    async def _refresh(self) -> AccessToken:
+        async with self._lock:
+            now = self._clock()
+            token = self._token
+            if token is not None and now < self._refresh_at:
+                return token  # another task refreshed while we waited for the lock
+            key = await self._key()
+            if key is not None:
+                cached = await self._cache.get(key)
+                if cached is not None and cached is not token and self._usable(cached, now):
+                    self._install(cached)
+                    return cached
+            try:
+                fresh = await self._provider()
+            except Exception:
+                if token is not None and now < token.expires_at:
+                    # A proactive refresh failed but the old token still works: keep using it and try
+                    # again shortly; the error surfaces if the token really runs out.
+                    logger.warning(
+                        "token refresh failed; using the current token for %.1f more seconds",
+                        token.expires_at - now,
+                        exc_info=True,
+                    )
+                    self._refresh_at = min(token.expires_at, now + _RETRY_FAILED_REFRESH_AFTER)
+                    return token
+                raise
+            finally:
+                self.fetches += 1
+            self._install(fresh)
+            self._rejected = None
+            if key is not None:
+                await self._cache.set(key, fresh)
+            return fresh

@@ -1,0 +1,85 @@
+"""The sandbox's configuration: a frozen :class:`SandboxConfig` and the runtime-mutable :class:`SandboxFaults`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .._config import EPIC_MAX_PAGE_SIZE
+
+__all__ = ["DEFAULT_ORIGIN", "DEFAULT_ROOT", "SandboxConfig", "SandboxFaults"]
+
+DEFAULT_ORIGIN = "http://127.0.0.1:8765"
+#: Epic's sandbox server root (epic-behaviour.md §0); a production-style root such as "/FHIRProxy" also works.
+DEFAULT_ROOT = "/interconnect-fhir-oauth"
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Everything that shapes one :class:`~epic_fhir_async.sandbox.EpicSandbox` (all durations in seconds).
+
+    ``page_size``/``max_page_size``: Epic pages at 1000 entries by default and at most (§3.5).
+    ``session_ttl``: paging sessions expire this long after their last use (Epic's TTL is undocumented).
+    ``unknown_params``: ``"ignore"`` (Epic's usual silence, §3.4) or ``"warn"`` (a 4122 outcome entry).
+    The fault knobs seed :class:`SandboxFaults`, which stays mutable at runtime as ``sb.faults``.
+    """
+
+    seed: int = 0
+    patients: int = 100
+    token_lifetime: float = 3600.0
+    page_size: int = EPIC_MAX_PAGE_SIZE
+    max_page_size: int = EPIC_MAX_PAGE_SIZE
+    session_ttl: float = 600.0
+    export_seconds: float = 2.0
+    export_cooldown: float = 0.0
+    origin: str = DEFAULT_ORIGIN
+    root_path: str = DEFAULT_ROOT
+    unknown_params: Literal["ignore", "warn"] = "ignore"
+    latency: float = 0.0
+    error_rate: float = 0.0
+    rate_limit_rps: float = 0.0
+    drop_rate: float = 0.0
+    token_flake_rate: float = 0.0
+    retry_after: float = 1.0
+    retry_after_http_date: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.page_size <= self.max_page_size:
+            raise ValueError("page_size must be between 1 and max_page_size")
+        if self.patients < 0:
+            raise ValueError("patients must be >= 0")
+        if not self.root_path.startswith("/") or self.root_path.endswith("/"):
+            raise ValueError("root_path must start with '/' and not end with '/'")
+
+    def faults(self) -> SandboxFaults:
+        """The initial fault settings this config describes."""
+        return SandboxFaults(
+            latency=self.latency,
+            error_rate=self.error_rate,
+            rate_limit_rps=self.rate_limit_rps,
+            drop_rate=self.drop_rate,
+            token_flake_rate=self.token_flake_rate,
+            retry_after=self.retry_after,
+            retry_after_http_date=self.retry_after_http_date,
+        )
+
+
+@dataclass
+class SandboxFaults:
+    """Fault injection, mutable while the sandbox runs (checklist 9 and 27; no faults by default).
+
+    ``latency``: seconds added to every FHIR and OAuth request. ``error_rate``: fraction of FHIR requests
+    answered with one of ``error_statuses``. ``rate_limit_rps``: FHIR requests allowed per second on the
+    sandbox clock (0 = unlimited), beyond which 429 + ``Retry-After`` (``retry_after`` seconds, or an HTTP-date
+    when ``retry_after_http_date``). ``drop_rate``: fraction of FHIR responses whose connection is cut
+    mid-body. ``token_flake_rate``: fraction of valid token requests answered with Epic's bare 400.
+    """
+
+    latency: float = 0.0
+    error_rate: float = 0.0
+    rate_limit_rps: float = 0.0
+    drop_rate: float = 0.0
+    token_flake_rate: float = 0.0
+    retry_after: float = 1.0
+    retry_after_http_date: bool = False
+    error_statuses: tuple[int, ...] = field(default=(500, 502, 503))

@@ -1,0 +1,188 @@
+"""Client-assertion verification for the sandbox token endpoint (epic-behaviour.md §1.3 to §1.5).
+
+Written against joserfc and the stdlib only: the sandbox never imports the SDK's auth code, so a bug there
+cannot hide a matching bug here. Every rule raises :class:`AssertionRejected` with a short machine reason
+(``"bad_aud"``, ``"replayed_jti"``, ...) that the OAuth server records; the wire answer is always Epic's
+bare ``invalid_client``.
+"""
+
+from __future__ import annotations
+
+import base64
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet, RSAKey
+
+from .. import _json
+
+__all__ = [
+    "ALLOWED_ALGS",
+    "MAX_ASSERTION_LIFETIME",
+    "AssertionRejected",
+    "load_public_jwks",
+    "verify_assertion",
+]
+
+#: Epic's maximum assertion lifetime: exp ≤ now + 300 s, exp - nbf ≤ 300, exp - iat ≤ 300 (§1.4).
+MAX_ASSERTION_LIFETIME = 300.0
+#: Tolerance for a client clock slightly ahead of ours on ``iat``/``nbf``.
+CLOCK_SKEW = 5.0
+MAX_JTI_LENGTH = 151
+MIN_RSA_BITS = 2048
+#: §1.3: RS256/384/512 for RSA keys; ES256/ES384 for EC keys, each bound to its curve.
+ALLOWED_ALGS: Mapping[str, str] = {
+    "RS256": "RSA",
+    "RS384": "RSA",
+    "RS512": "RSA",
+    "ES256": "P-256",
+    "ES384": "P-384",
+}
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+
+class AssertionRejected(Exception):
+    """A client assertion failed one of Epic's rules; ``reason`` is a short code, never secret material."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def load_public_jwks(jwks: Mapping[str, Any]) -> KeySet:
+    """Import a registered client's JWKS; ValueError when it is malformed or carries private key parts."""
+    keys = jwks.get("keys")
+    if not isinstance(keys, list) or not keys:
+        raise ValueError("a client JWKS needs a non-empty 'keys' list")
+    for index, key in enumerate(keys):
+        if not isinstance(key, Mapping):
+            raise TypeError(f"JWKS key #{index} is not an object")
+        if _PRIVATE_MEMBERS & set(key):
+            raise ValueError(f"JWKS key #{index} contains private key material; register public keys only")
+        if key.get("kty") not in ("RSA", "EC"):
+            raise ValueError(f"JWKS key #{index}: only RSA and EC keys are supported")
+    try:
+        # joserfc warns on RSA keys < 2048 bits; those register (to reproduce Epic's rejection) and fail later.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            keyset: KeySet = KeySet.import_key_set({"keys": [dict(k) for k in keys]})
+            return keyset
+    except (JoseError, ValueError, TypeError) as exc:
+        raise ValueError(f"invalid JWKS: {type(exc).__name__}") from None
+
+
+def _segment_json(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        compact = jws.extract_compact(token.encode("ascii"))
+        claims = _json.loads(compact.payload)
+    except Exception:
+        raise AssertionRejected("malformed") from None
+    if not isinstance(claims, dict):
+        raise AssertionRejected("malformed")
+    return dict(compact.protected), claims
+
+
+def _pick_key(keyset: KeySet, kid: Any) -> RSAKey | ECKey:
+    """Epic picks the key by ``kid`` (§1.3). A kid-less JWT is accepted only when the set has ONE key.
+
+    Why: Epic's static-key mode discards kid (§1.5) so a single key verifies anything; with several keys and
+    no kid there is no defined choice, and guessing would hide a client bug the real server may not forgive.
+    """
+    keys = keyset.keys
+    if kid is None:
+        if len(keys) == 1:
+            key = keys[0]
+        else:
+            raise AssertionRejected("missing_kid")
+    else:
+        if not isinstance(kid, str):
+            raise AssertionRejected("unknown_kid")
+        found = [k for k in keys if k.kid == kid]
+        if not found:
+            raise AssertionRejected("unknown_kid")
+        key = found[0]
+    if not isinstance(key, (RSAKey, ECKey)):
+        raise AssertionRejected("unsupported_key")
+    return key
+
+
+def _key_matches_alg(key: RSAKey | ECKey, alg: str) -> None:
+    family = ALLOWED_ALGS[alg]
+    if isinstance(key, RSAKey):
+        if family != "RSA":
+            raise AssertionRejected("alg_key_mismatch")
+        n = key.as_dict(private=False)["n"]
+        if isinstance(n, str):
+            bits = int.from_bytes(base64.urlsafe_b64decode(n + "=" * (-len(n) % 4)), "big").bit_length()
+            if bits < MIN_RSA_BITS:
+                raise AssertionRejected("weak_key")
+    else:
+        if family != key.as_dict(private=False).get("crv"):
+            raise AssertionRejected("alg_key_mismatch")
+
+
+def _number(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise AssertionRejected(f"missing_{name}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AssertionRejected(f"bad_{name}")
+    return float(value)
+
+
+def verify_assertion(
+    token: str, *, keys_for: Callable[[str], KeySet], audience: str, now: float
+) -> tuple[str, str, float]:
+    """Check one client assertion; returns ``(client_id, jti, exp)`` or raises :class:`AssertionRejected`.
+
+    ``keys_for(client_id)`` returns the client's :class:`KeySet` or raises AssertionRejected itself. Replay of
+    ``jti`` is the caller's job (it owns the seen-jti store).
+    """
+    header, claims = _segment_json(token)
+    alg = header.get("alg")
+    if alg not in ALLOWED_ALGS:  # rejects "none", HS*, PS*, EdDSA ...
+        raise AssertionRejected("bad_alg")
+    if "typ" in header and header["typ"] != "JWT":
+        raise AssertionRejected("bad_typ")
+    iss, sub = claims.get("iss"), claims.get("sub")
+    if not isinstance(iss, str) or not iss:
+        raise AssertionRejected("missing_iss")
+    if sub != iss:
+        raise AssertionRejected("sub_mismatch")
+    keyset: KeySet = keys_for(iss)
+    key = _pick_key(keyset, header.get("kid"))
+    _key_matches_alg(key, str(alg))
+    try:
+        jws.deserialize_compact(token.encode("ascii"), key, algorithms=[str(alg)])
+    except (JoseError, ValueError):
+        raise AssertionRejected("bad_signature") from None
+    # Claims are checked after the signature so an unsigned forgery can never probe the rules.
+    aud = claims.get("aud")
+    # §1.4: the token URL exactly (a trailing slash fails); RFC 7519 also allows a one-element array.
+    if aud != audience and not (isinstance(aud, list) and aud == [audience]):
+        raise AssertionRejected("bad_aud")
+    exp = _number(claims, "exp", required=True)
+    assert exp is not None
+    if exp <= now:
+        raise AssertionRejected("expired")
+    if exp > now + MAX_ASSERTION_LIFETIME:
+        raise AssertionRejected("exp_too_far")
+    for name in ("nbf", "iat"):
+        value = _number(claims, name, required=False)
+        if value is None:
+            continue  # §1.4: Epic's own sample omits nbf; both optional.
+        if value > now + CLOCK_SKEW:
+            raise AssertionRejected(f"{name}_in_future")
+        if value > exp or exp - value > MAX_ASSERTION_LIFETIME:
+            raise AssertionRejected(f"{name}_window")
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:  # §1.4: a JSON string since Nov 2024
+        raise AssertionRejected("bad_jti")
+    if len(jti) > MAX_JTI_LENGTH:
+        raise AssertionRejected("jti_too_long")
+    return iss, jti, exp
