@@ -2,8 +2,8 @@
 
 Starts the sandbox on 127.0.0.1 (a free port), makes a throwaway RS384 key and registers its public JWKS,
 authenticates with SMART Backend Services (a real signed-JWT token request), pulls every sandbox patient's
-data concurrently into ``./epic-fhir-demo/`` with the live progress display, runs a small Bulk ``$export``
-when the client supports it, and prints what happened and what to try next.
+data concurrently into ``./epic-fhir-demo/`` with the live progress display, runs a small Bulk
+``$export``, and prints what happened and what to try next.
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ def register(subparsers: Any) -> None:
 
 async def _bulk_export(client: EpicFHIRClient, out: Path, console: Console) -> Mapping[str, int] | None:
     """A small Group ``$export`` (Patient and Condition) downloaded into ``out/bulk``."""
-    if not hasattr(client, "bulk_export"):  # the capability ships separately; skip quietly without it
-        return None
     try:
         with anyio.fail_after(60):
             job = await client.bulk_export(EPIC_SANDBOX_BULK_GROUP_ID, types=["Patient", "Condition"])

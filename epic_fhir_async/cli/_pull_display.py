@@ -94,7 +94,8 @@ class PullDisplay:
 
 
 def summary_table(counts: Mapping[str, int], files: Mapping[str, Path], *, title: str = "Pulled") -> Table:
-    """Resources and files per type."""
+    """Resources and files per type (file names only: the title names the directory, and full paths
+    would be cut on an 80-column terminal)."""
     table = Table(title=title, title_justify="left")
     table.add_column("resource type")
     table.add_column("resources", justify="right")
@@ -106,7 +107,7 @@ def summary_table(counts: Mapping[str, int], files: Mapping[str, Path], *, title
         size = _human_bytes(path.stat().st_size) if path is not None and path.exists() else "-"
         n = counts.get(rtype, 0)
         total += n
-        table.add_row(rtype, f"{n:,}", str(path) if path else "-", size)
+        table.add_row(rtype, f"{n:,}", path.name if path else "-", size)
     table.add_section()
     table.add_row("[bold]total", f"[bold]{total:,}", "", "")
     return table

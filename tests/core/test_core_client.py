@@ -15,7 +15,10 @@ from epic_fhir_async import (
     EpicFHIRClient,
     Forbidden,
     NotFound,
+    RateLimited,
     RequestTimeout,
+    RetryPolicy,
+    ServerError,
     StaticTokenAuth,
     TransportError,
     Unauthorized,
@@ -106,6 +109,21 @@ async def test_html_404_is_unexpected_content_and_text_404_is_not_found() -> Non
         assert info.value.status_code == 404
         with pytest.raises(NotFound, match="non-FHIR body"):
             await client.request("GET", "Foo/text")
+
+
+async def test_a_gateway_html_page_on_5xx_or_429_keeps_the_status_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        status = 429 if request.url.path.endswith("busy") else 502
+        return httpx.Response(
+            status, content=b"<html>Bad Gateway</html>", headers={"Content-Type": "text/html"}
+        )
+
+    async with client_for(handler, retry=RetryPolicy(max_attempts=1)) as client:
+        with pytest.raises(ServerError) as info:
+            await client.request("GET", "Patient/x")
+        assert info.value.status_code == 502
+        with pytest.raises(RateLimited):
+            await client.request("GET", "Patient/busy")
 
 
 async def test_status_errors_are_typed_and_free_of_secrets() -> None:

@@ -33,6 +33,10 @@ class FakeSearcher:
     max_in_flight: int = 0
     running: int = 0  # page generators alive (producer tasks inside a search)
     fetched: int = 0
+    # Pages wait until ``hold_until`` are in flight together, so tests that check a concurrency limit is
+    # reached do not depend on scheduling luck (the timeout only keeps a broken engine from hanging).
+    hold_until: int = 0
+    gate: anyio.Event = field(default_factory=anyio.Event)
 
     def search(self, resource_type: str, /, **params: Any) -> FakeQuery:
         self.calls.append((resource_type, params))
@@ -55,6 +59,10 @@ class FakeQuery:
                 o.in_flight += 1
                 o.max_in_flight = max(o.max_in_flight, o.in_flight)
                 try:
+                    if o.in_flight >= o.hold_until:
+                        o.gate.set()
+                    with anyio.move_on_after(2):
+                        await o.gate.wait()
                     await anyio.sleep(o.delay)
                     if (pid, self.resource_type) in o.fail and n >= o.fail_after_pages:
                         raise RuntimeError(f"boom on page {n}")

@@ -61,7 +61,7 @@ async def test_fanout_yields_exactly_the_sequential_set(searcher: FakeSearcher) 
 
 
 async def test_concurrency_limit_is_never_exceeded() -> None:
-    searcher = FakeSearcher(pages=3, delay=0.001)
+    searcher = FakeSearcher(pages=3, delay=0.001, hold_until=5)
     async with pull(searcher, PATIENTS, TYPES, concurrency=5) as stream:
         async for _ in stream:
             pass
@@ -69,7 +69,7 @@ async def test_concurrency_limit_is_never_exceeded() -> None:
 
 
 async def test_shared_limiter_bounds_two_pulls_together() -> None:
-    searcher = FakeSearcher(pages=2, delay=0.001)
+    searcher = FakeSearcher(pages=2, delay=0.001, hold_until=3)
     limiter = anyio.CapacityLimiter(3)
 
     async def run() -> None:

@@ -20,11 +20,15 @@ TYPES = ["Patient", "Condition", "Observation", "MedicationRequest"]
 class CountingTransport(httpx.AsyncBaseTransport):
     """Counts FHIR requests in flight at the transport (below the retry layer: every attempt counts)."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, hold_until: int = 0) -> None:
         self.inner = inner
         self.in_flight = 0
         self.max_in_flight = 0
         self.requests = 0
+        # Requests wait here until ``hold_until`` are in flight at once, so reaching the limit does not
+        # depend on scheduling luck; the timeout only keeps a broken pull from hanging the test.
+        self.hold_until = hold_until
+        self.gate = anyio.Event()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         fhir = "/api/FHIR/R4/" in request.url.path
@@ -33,6 +37,11 @@ class CountingTransport(httpx.AsyncBaseTransport):
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if fhir:
+                if self.in_flight >= self.hold_until:
+                    self.gate.set()
+                with anyio.move_on_after(2):
+                    await self.gate.wait()
             return await self.inner.handle_async_request(request)
         finally:
             if fhir:
@@ -94,14 +103,11 @@ async def test_pull_equals_sequential_searches(sandbox: EpicSandbox) -> None:
 
 
 async def test_concurrency_never_exceeds_the_limit(sandbox: EpicSandbox) -> None:
-    counting = CountingTransport(sandbox.transport())
-    sandbox.faults.latency = 0.002  # let requests overlap in the in-process server
-    try:
-        async with client_for(sandbox, counting) as client:
-            await drain(client.pull(patient_ids(sandbox, 16), TYPES, concurrency=5))
-    finally:
-        sandbox.faults.latency = 0.0
-    assert counting.max_in_flight == 5
+    counting = CountingTransport(sandbox.transport(), hold_until=5)
+    async with client_for(sandbox, counting) as client:
+        await drain(client.pull(patient_ids(sandbox, 16), TYPES, concurrency=5))
+    assert counting.gate.is_set()  # five requests were in flight together...
+    assert counting.max_in_flight == 5  # ...and never more
     assert counting.requests >= 16 * 6
 
 
