@@ -186,8 +186,9 @@ class EpicFHIRClient:
                 await response.aread()
                 await response.aclose()
                 media = _media_type(response)
-                if response.content and ("html" in media or "xml" in media):
+                if response.content and response.status_code < 429 and ("html" in media or "xml" in media):
                     # Epic's IIS answers unknown types/paths with an HTML 404 page (§3.7): not a FHIR error.
+                    # A 429 or 5xx HTML page (a gateway's) stays RateLimited/ServerError: the status is the news.
                     raise self._unexpected(response, media)
                 raise error_from_response(response)
             if not stream:
