@@ -1,24 +1,32 @@
 """Scenario C of perf-anchors.md: download and parse a Bulk $export NDJSON output from the served sandbox.
 
 The sandbox runs in a child process on 127.0.0.1 (its CPU is not ours) with the bulk server's synthetic
-Observations (files of 3,000 resources, Epic's cap). Printed in one run:
+Observations (files of 3,000 resources, Epic's cap). One export is kicked off and every driver reads the same
+files, in interleaved rounds (the driver order rotates each round). Printed in one run:
 
-* the SDK (``job.resources()`` with its default 4 concurrent files, every resource parsed) against a raw
-  ``httpx`` stream + hand split + ``orjson`` per line over the same files, as a throughput ratio
-  (target >= 0.85);
+* throughput (MB/s, wall) and client CPU of: the SDK (``async with job.resources(concurrency=c)`` and
+  ``async for`` over it, every resource parsed) at c=1 and at the default c=4; a raw ``httpx`` stream + hand
+  split + ``orjson`` per line reading the files one after another (the issue's baseline); and the same raw
+  loop run as 4 concurrent tasks (anyio task group + CapacityLimiter), the like-for-like baseline for c=4;
+* paired ratios SDK/raw (median and min..max over rounds; target throughput >= 0.85): single file at a time
+  against the sequential raw loop, 4 files against the 4-task raw loop, and 4 files against the sequential
+  raw loop;
 * the peak RSS of a fresh client process streaming a ~1 GB output through the SDK (target < 150 MB).
 
     python -m benchmarks bulk                 # 200 MB and 1 GB
     python -m benchmarks bulk -- --quick      # 40 MB and 200 MB
-    python benchmarks/bench_bulk.py --mb 200 --memory-mb 1000
+    python benchmarks/bench_bulk.py --mb 200 --memory-mb 1000 --rounds 7
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing
 import resource
+import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -31,6 +39,8 @@ from epic_fhir_async._bulk_manifest import PollCadence
 NAME = "bulk"
 CLIENT_ID = "bench-bulk"
 PER_FILE = 3000
+TARGET_RATIO = 0.85
+TARGET_RSS_MB = 150.0
 FAST = PollCadence(initial=0.05, maximum=0.2, max_retry_after=0.2, min_delay=0.0)
 
 
@@ -84,127 +94,173 @@ class Server:
             self._proc.terminate()
 
 
-# -- the drivers -----------------------------------------------------------------------------------------
-async def _sdk(
-    base_url: str, token: str, group: str, keep: bool = False, concurrency: int = 4
-) -> tuple[int, float, float, list[str], str]:
-    """Kick off, wait, stream every resource through the SDK.
-
-    Returns (resources, wall seconds, CPU seconds of streaming, file URLs, status URL).
-    """
+# -- the export (kicked off once, read by every driver) ------------------------------------------------------
+async def _kick_off(base_url: str, token: str, group: str) -> tuple[str, list[str], int]:
+    """Start an export and wait for it; returns (status URL, file URLs, resources per the manifest)."""
     async with EpicFHIRClient(base_url, auth=StaticTokenAuth(token)) as client:
         job = await client.bulk_export(group, types=["Observation"], cadence=FAST)
         manifest = await job.wait()
-        expected = sum(manifest.expected_counts().values())
+        return job.status_url, [f.url for f in manifest.outputs], sum(manifest.expected_counts().values())
+
+
+async def _delete(base_url: str, token: str, status_url: str) -> None:
+    async with EpicFHIRClient(base_url, auth=StaticTokenAuth(token)) as client:
+        await client.bulk_export_job(status_url).delete()
+
+
+# -- the drivers: each returns (resources, wall seconds, CPU seconds) of the streaming part only ---------------
+async def sdk(base_url: str, token: str, status_url: str, concurrency: int) -> tuple[int, float, float]:
+    """``async with job.resources(concurrency=c) as stream: async for resource in stream``."""
+    async with EpicFHIRClient(base_url, auth=StaticTokenAuth(token)) as client:
+        job = client.bulk_export_job(status_url, cadence=FAST)
+        await job.wait()  # one status poll: the export is complete
         n = 0
         started, cpu = time.perf_counter(), time.process_time()
         async with job.resources(concurrency=concurrency) as stream:
             async for _resource in stream:
                 n += 1
-        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-        if n != expected:
-            raise SystemExit(f"SDK streamed {n} resources, the manifest says {expected}")
-        if not keep:
-            await job.delete()
-        return n, seconds, cpu, [f.url for f in manifest.outputs], job.status_url
+        return n, time.perf_counter() - started, time.process_time() - cpu
 
 
-async def _raw(token: str, urls: list[str]) -> tuple[int, float, float]:
-    """The baseline: one httpx stream per file, bytes split by hand, ``orjson.loads`` per line."""
+async def _raw_file(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> int:
+    """One file: an httpx stream, bytes split by hand, ``orjson.loads`` per line (perf-anchors.md, C)."""
     n = 0
-    started, cpu = time.perf_counter(), time.process_time()
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+ndjson"}
-    async with httpx.AsyncClient(timeout=60.0) as http:
-        for url in urls:
-            async with http.stream("GET", url, headers=headers) as response:
-                response.raise_for_status()
-                tail = b""
-                async for chunk in response.aiter_bytes():
-                    lines = (tail + chunk).split(b"\n")
-                    tail = lines.pop()
-                    for line in lines:
-                        if line:
-                            orjson.loads(line)
-                            n += 1
-                if tail.strip():
-                    orjson.loads(tail)
+    async with http.stream("GET", url, headers=headers) as response:
+        response.raise_for_status()
+        tail = b""
+        async for chunk in response.aiter_bytes():
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            for line in lines:
+                if line:
+                    orjson.loads(line)
                     n += 1
-    return n, time.perf_counter() - started, time.process_time() - cpu
+        if tail.strip():
+            orjson.loads(tail)
+            n += 1
+    return n
 
 
+async def raw(token: str, urls: list[str], concurrency: int) -> tuple[int, float, float]:
+    """The baseline: files one after another (``concurrency`` 1) or as that many concurrent tasks."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+ndjson"}
+    total = 0
+    started, cpu = time.perf_counter(), time.process_time()
+    async with httpx.AsyncClient(timeout=60.0) as http:
+        if concurrency == 1:
+            for url in urls:
+                total += await _raw_file(http, url, headers)
+        else:
+            limiter = anyio.CapacityLimiter(concurrency)
+
+            async def one(url: str) -> None:
+                nonlocal total
+                async with limiter:
+                    total += await _raw_file(http, url, headers)
+
+            async with anyio.create_task_group() as tg:
+                for url in urls:
+                    tg.start_soon(one, url)
+    return total, time.perf_counter() - started, time.process_time() - cpu
+
+
+# -- peak memory (a fresh process, so nothing measured before counts) ------------------------------------------
 def _memory_child(conn: Any, base_url: str, token: str, group: str) -> None:
-    n, seconds, _, _, _ = anyio.run(_sdk, base_url, token, group)
+    status_url, _, expected = anyio.run(_kick_off, base_url, token, group)
+    n, seconds, _ = anyio.run(sdk, base_url, token, status_url, 4)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
-    conn.send((n, seconds, peak_kb / 1024))
+    anyio.run(_delete, base_url, token, status_url)
+    conn.send((n, expected, seconds, peak_kb / 1024))
 
 
-def _peak_rss(server: Server) -> tuple[int, float, float]:
+def _peak_rss(server: Server) -> tuple[int, int, float, float]:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_memory_child, args=(child, server.base_url, server.token, server.group))
     proc.start()
     result = parent.recv()
     proc.join(30)
-    return int(result[0]), float(result[1]), float(result[2])
+    return int(result[0]), int(result[1]), float(result[2]), float(result[3])
+
+
+# -- reporting ---------------------------------------------------------------------------------------------
+Run = Callable[[], Awaitable[tuple[int, float, float]]]
+SDK1, SDK4 = "SDK job.resources(concurrency=1)", "SDK job.resources() (default 4)"
+RAW1, RAW4 = "raw httpx+orjson, sequential", "raw httpx+orjson, 4 tasks"
+#: (SDK driver, baseline, label): the single-file and multi-file comparisons the issue asks for.
+PAIRS = [
+    (SDK1, RAW1, "1 file at a time vs raw sequential"),
+    (SDK4, RAW4, "4 files at once vs raw 4 tasks (like for like)"),
+    (SDK4, RAW1, "4 files at once vs raw sequential"),
+]
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}..{max(values):.2f})"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench_bulk", description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=200.0, help="size of the throughput output (MB)")
     parser.add_argument("--memory-mb", type=float, default=1000.0, help="size of the memory output (MB)")
-    parser.add_argument("--rounds", type=int, default=2, help="paired rounds; the best of each is kept")
-    parser.add_argument("--quick", action="store_true", help="40 MB and 200 MB, one round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians reported)")
+    parser.add_argument("--quick", action="store_true", help="40 MB and 200 MB, 2 rounds")
     args = parser.parse_args(argv)
     if args.quick:
-        args.mb, args.memory_mb, args.rounds = 40.0, 200.0, 1
+        args.mb, args.memory_mb, args.rounds = 40.0, 200.0, 2
     with Server() as server:
-        n = server.synthetic(args.mb)
-        print(f"output: ~{args.mb:.0f} MB, {n:,} synthetic Observations ({server.line_bytes:.0f} B/line avg)")
-        best: dict[str, tuple[float, float]] = {}
+        server.synthetic(args.mb)
+        status_url, urls, expected = anyio.run(_kick_off, server.base_url, server.token, server.group)
+        mb = expected * server.line_bytes / 1e6
+        print(
+            f"output: ~{mb:.0f} MB in {len(urls)} files, {expected:,} synthetic Observations "
+            f"({server.line_bytes:.0f} B/line avg); {args.rounds} interleaved rounds, medians"
+        )
+        base, token = server.base_url, server.token
+        drivers: dict[str, Run] = {
+            SDK1: lambda: sdk(base, token, status_url, 1),
+            RAW1: lambda: raw(token, urls, 1),
+            SDK4: lambda: sdk(base, token, status_url, 4),
+            RAW4: lambda: raw(token, urls, 4),
+        }
+        anyio.run(drivers[SDK4])  # warm-up: imports, page cache, the server's synthetic pool
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in drivers}
+        order = list(drivers)
+        for round_ in range(max(1, args.rounds)):
+            shift = round_ % len(order)  # rotate, so no driver always runs right after another
+            for name in order[shift:] + order[:shift]:
+                gc.collect()
+                n, wall, cpu = anyio.run(drivers[name])
+                if n != expected:
+                    raise SystemExit(f"{name}: {n} resources, the manifest says {expected}")
+                samples[name].append((wall, cpu))
+        anyio.run(_delete, base, token, status_url)
 
-        def keep_best(name: str, wall: float, cpu: float) -> None:
-            old = best.get(name, (float("inf"), float("inf")))
-            best[name] = (min(old[0], wall), min(old[1], cpu))
-
-        count = 0
-        for _ in range(max(1, args.rounds)):  # paired rounds, best of each (the machine is shared)
-            for concurrency in (4, 1):
-                count, wall, cpu, urls, status_url = anyio.run(
-                    _sdk, server.base_url, server.token, server.group, True, concurrency
-                )
-                keep_best(f"SDK job.resources(), {concurrency} file(s) at once", wall, cpu)
-                raw_count, raw_wall, raw_cpu = anyio.run(_raw, server.token, urls)
-                keep_best("raw httpx stream + split + orjson", raw_wall, raw_cpu)
-                anyio.run(_delete, server.base_url, server.token, status_url)
-                if raw_count != count:
-                    raise SystemExit(f"raw driver read {raw_count} resources, the SDK {count}")
-        mb = n * server.line_bytes / 1e6
-        raw_wall, raw_cpu = best["raw httpx stream + split + orjson"]
-        for name, (wall, cpu) in best.items():
+        print(f"{'driver':36} {'wall s':>7} {'MB/s':>7} {'CPU s':>7} {'CPU s/100k':>11}")
+        for name, values in samples.items():
+            wall = statistics.median(w for w, _ in values)
+            cpu = statistics.median(c for _, c in values)
+            print(f"{name:36} {wall:7.2f} {mb / wall:7.1f} {cpu:7.2f} {cpu * 1e5 / expected:11.2f}")
+        print(f"paired ratios SDK/raw, median (min..max); throughput is wall MB/s, target >= {TARGET_RATIO}")
+        for sdk_name, raw_name, label in PAIRS:
+            pairs = list(zip(samples[sdk_name], samples[raw_name], strict=True))
+            throughput = [r[0] / s[0] for s, r in pairs]
+            cpu_ratio = [r[1] / s[1] for s, r in pairs]
+            verdict = "PASS" if statistics.median(throughput) >= TARGET_RATIO else "MISS"
             print(
-                f"{name:40s} wall {wall:6.2f} s ({mb / wall:6.1f} MB/s, {count / wall:8,.0f} res/s) "
-                f"CPU {cpu:6.2f} s  ratio wall {raw_wall / wall:.2f} CPU {raw_cpu / cpu:.2f}"
-            )
-        for concurrency in (4, 1):
-            wall, cpu = best[f"SDK job.resources(), {concurrency} file(s) at once"]
-            ratio = max(raw_wall / wall, raw_cpu / cpu) if concurrency == 1 else raw_wall / wall
-            print(
-                f"throughput ratio SDK/raw at concurrency {concurrency}: wall {raw_wall / wall:.2f}, "
-                f"client CPU {raw_cpu / cpu:.2f} (target >= 0.85) {'OK' if ratio >= 0.85 else 'BELOW TARGET'}"
+                f"  {label:48} throughput {_spread(throughput)} {verdict}; "
+                f"CPU efficiency {_spread(cpu_ratio)}"
             )
 
-        n = server.synthetic(args.memory_mb)
-        count, seconds, peak = _peak_rss(server)
+        server.synthetic(args.memory_mb)
+        count, expected, seconds, peak = _peak_rss(server)
+        if count != expected:
+            raise SystemExit(f"memory run: {count} resources, the manifest says {expected}")
+        verdict = "PASS" if peak < TARGET_RSS_MB else "MISS"
         print(
             f"memory: streamed {count:,} resources (~{args.memory_mb:.0f} MB) in {seconds:.1f} s; "
-            f"peak RSS of the client process {peak:.0f} MB (target < 150) {'OK' if peak < 150 else 'ABOVE TARGET'}"
+            f"peak RSS of the client process {peak:.0f} MB (target < {TARGET_RSS_MB:.0f}): {verdict}"
         )
-
-
-async def _delete(base_url: str, token: str, status_url: str) -> None:
-    # The SDK run kept its job so the raw driver could read the same files; free the one-export slot now.
-    async with EpicFHIRClient(base_url, auth=StaticTokenAuth(token)) as client:
-        await client.bulk_export_job(status_url).delete()
 
 
 if __name__ == "__main__":

@@ -23,20 +23,27 @@ from ._checkpoint import PullCheckpoint as PullCheckpoint
 from ._checkpoint import StreamCheckpoint as StreamCheckpoint
 from ._client import EpicFHIRClient as EpicFHIRClient
 from ._errors import AuthError as AuthError
+from ._errors import AuthorizationDenied as AuthorizationDenied
 from ._errors import BadRequest as BadRequest
 from ._errors import BulkExportError as BulkExportError
 from ._errors import BulkExportTooSoon as BulkExportTooSoon
+from ._errors import CodeExchangeError as CodeExchangeError
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import Conflict as Conflict
 from ._errors import EpicFHIRError as EpicFHIRError
 from ._errors import FHIRStatusError as FHIRStatusError
 from ._errors import Forbidden as Forbidden
+from ._errors import IdTokenError as IdTokenError
+from ._errors import LaunchError as LaunchError
+from ._errors import LaunchStateError as LaunchStateError
 from ._errors import MethodNotAllowed as MethodNotAllowed
 from ._errors import NotFound as NotFound
 from ._errors import PagingError as PagingError
 from ._errors import PullError as PullError
 from ._errors import RateLimited as RateLimited
+from ._errors import ReauthorizationRequired as ReauthorizationRequired
 from ._errors import RequestTimeout as RequestTimeout
+from ._errors import ResponseTooLarge as ResponseTooLarge
 from ._errors import ServerError as ServerError
 from ._errors import SessionExpired as SessionExpired
 from ._errors import TokenRequestError as TokenRequestError
@@ -45,6 +52,7 @@ from ._errors import Unauthorized as Unauthorized
 from ._errors import UnexpectedContentError as UnexpectedContentError
 from ._errors import UnprocessableEntity as UnprocessableEntity
 from ._errors import UnsafeURLError as UnsafeURLError
+from ._errors import UntrustedIssuer as UntrustedIssuer
 from ._outcome import OperationOutcome as OperationOutcome
 from ._outcome import OutcomeIssue as OutcomeIssue
 from ._pull import PullStream as PullStream
@@ -58,12 +66,18 @@ from ._retry import RetryTransport as RetryTransport
 from ._search import SearchQuery as SearchQuery
 from ._version import __version__ as __version__
 from .auth import AccessToken as AccessToken
+from .auth import AuthorizationRequest as AuthorizationRequest
 from .auth import BackendServicesAuth as BackendServicesAuth
 from .auth import ClientSecretAuth as ClientSecretAuth
 from .auth import EpicAuth as EpicAuth
+from .auth import IdTokenVerifier as IdTokenVerifier
 from .auth import InMemoryTokenCache as InMemoryTokenCache
+from .auth import InsecureKeyFileWarning as InsecureKeyFileWarning
 from .auth import RefreshTokenAuth as RefreshTokenAuth
 from .auth import SigningKey as SigningKey
+from .auth import SmartAuth as SmartAuth
+from .auth import SmartLaunch as SmartLaunch
+from .auth import SmartTokenSet as SmartTokenSet
 from .auth import StaticTokenAuth as StaticTokenAuth
 from .auth import TokenCache as TokenCache
 from .auth import TokenManager as TokenManager
@@ -80,6 +94,8 @@ from .auth import public_jwks as public_jwks
 __all__ = [
     "AccessToken",
     "AuthError",
+    "AuthorizationDenied",
+    "AuthorizationRequest",
     "BackendServicesAuth",
     "BadRequest",
     "BulkDownloadResult",
@@ -93,6 +109,7 @@ __all__ = [
     "BulkResourceStream",
     "BulkTransferStats",
     "ClientSecretAuth",
+    "CodeExchangeError",
     "ConfigurationError",
     "Conflict",
     "EpicAuth",
@@ -101,7 +118,12 @@ __all__ = [
     "EpicFHIRError",
     "FHIRStatusError",
     "Forbidden",
+    "IdTokenError",
+    "IdTokenVerifier",
     "InMemoryTokenCache",
+    "InsecureKeyFileWarning",
+    "LaunchError",
+    "LaunchStateError",
     "MethodNotAllowed",
     "NotFound",
     "OperationOutcome",
@@ -116,14 +138,19 @@ __all__ = [
     "PullProgress",
     "PullStream",
     "RateLimited",
+    "ReauthorizationRequired",
     "RefreshTokenAuth",
     "RequestTimeout",
+    "ResponseTooLarge",
     "RetryPolicy",
     "RetryTransport",
     "SearchQuery",
     "ServerError",
     "SessionExpired",
     "SigningKey",
+    "SmartAuth",
+    "SmartLaunch",
+    "SmartTokenSet",
     "StaticTokenAuth",
     "StreamCheckpoint",
     "StreamOutcomes",
@@ -135,6 +162,7 @@ __all__ = [
     "UnexpectedContentError",
     "UnprocessableEntity",
     "UnsafeURLError",
+    "UntrustedIssuer",
     "generate_private_key",
     "load_private_keys",
     "private_key_pem",

@@ -26,10 +26,10 @@ import httpx
 
 from . import _json
 from ._bulk_manifest import BulkFileRef
-from ._bulk_stream import open_file, unwrap_group
+from ._bulk_stream import line_limit, open_file, unwrap_group
 from ._config import LOGGER_NAME
 from ._errors import BulkExportError, TransportError, redact_url
-from ._ndjson import NDJSONSplitter
+from ._ndjson import NDJSONError, NDJSONSplitter
 from ._outcome import OperationOutcome
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ async def _fetch_to(
     tmp = path.with_name(f".{path.name}.part")
     attempt = 0
     while True:
-        splitter = NDJSONSplitter(parse=False)
+        splitter = NDJSONSplitter(parse=False, max_line=line_limit(job))
         size = 0
         try:
             async with (
@@ -171,8 +171,15 @@ async def _read_outcomes(files: Sequence[DownloadedFile]) -> list[OperationOutco
     outcomes: list[OperationOutcome] = []
     for f in files:
         splitter = NDJSONSplitter()
-        data = await anyio.Path(f.path).read_bytes()
-        lines = [*splitter.feed(data), *splitter.finish()]
+        lines: list[Any] = []
+        try:
+            # Chunk by chunk: an error file is as large as the server made it.
+            async with await anyio.open_file(f.path, "rb") as source:
+                while chunk := await source.read(_WRITE_BYTES):
+                    lines += splitter.feed(chunk)
+            lines += splitter.finish()
+        except NDJSONError as exc:
+            raise BulkExportError(f"bulk error file {f.path.name} ({f.ref.type}): {exc}") from None
         found = [o for o in (OperationOutcome.from_json(line) for line in lines) if o is not None]
         if found:
             summary = Counter(

@@ -3,7 +3,8 @@
 Group-level at Epic (``GET [base]/Group/{id}/$export`` with ``Prefer: respond-async`` and
 ``Accept: application/fhir+json``); Patient- and system-level for servers that have them; GET with a query or
 POST with a ``Parameters`` body. Epic's "The Client requested this Group too recently" becomes
-:class:`~epic_fhir_async.BulkExportTooSoon` and is never retried.
+:class:`~epic_fhir_async.BulkExportTooSoon` and is never retried; 5xx answers, rate-limit 429s and connections
+that could not be opened are retried a few times (the kick-off bypasses the client's retrying transport).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from ._errors import (
     BulkExportError,
     BulkExportTooSoon,
     FHIRStatusError,
+    RateLimited,
+    ServerError,
     TransportError,
     error_from_response,
     redact_url,
@@ -37,6 +40,11 @@ logger = logging.getLogger(f"{LOGGER_NAME}.bulk")
 
 #: Seconds the shielded DELETE may take when an ``async with`` block is left early.
 _CANCEL_TIMEOUT = 30.0
+#: A kick-off that failed transiently (5xx, a rate-limit 429, no connection) is sent at most this many times,
+#: ``_KICKOFF_BACKOFF`` seconds apart and doubling, or after the server's ``Retry-After`` up to the cap.
+_KICKOFF_ATTEMPTS = 4
+_KICKOFF_BACKOFF = 1.0
+_KICKOFF_MAX_RETRY_AFTER = 60.0
 
 
 class BulkExportStart:
@@ -114,19 +122,28 @@ class BulkExportStart:
         }
         headers = {"Accept": FHIR_JSON, "Prefer": "respond-async"}
         path = self._path()
-        try:
-            if self._method == "POST":
-                headers["Content-Type"] = FHIR_JSON
-                response = await _send_once(
-                    self._client, "POST", path, headers, kickoff_parameters(**options)
-                )
-            else:
-                query = kickoff_query(**options)
-                response = await _send_once(
-                    self._client, "GET", f"{path}?{query}" if query else path, headers
-                )
-        except FHIRStatusError as exc:
-            raise _kickoff_error(exc, self._group_id is None) from exc
+        if self._method == "POST":
+            headers["Content-Type"] = FHIR_JSON
+            body: Any = kickoff_parameters(**options)
+        else:
+            query = kickoff_query(**options)
+            path, body = (f"{path}?{query}" if query else path), None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await _send_once(self._client, self._method, path, headers, body)
+                break
+            except FHIRStatusError as exc:
+                delay = _retry_delay(exc, attempt)
+                if delay is None:
+                    raise _kickoff_error(exc, self._group_id is None, retried=attempt > 1) from exc
+            except TransportError as exc:
+                delay = _retry_delay(exc, attempt)
+                if delay is None:
+                    raise
+            logger.info("the $export kick-off failed transiently; retrying in %.1f s", delay)
+            await anyio.sleep(delay)
         location = response.headers.get("content-location")
         if response.status_code != 202 or not location:
             raise BulkExportError(
@@ -170,10 +187,36 @@ async def _send_once(
     return response
 
 
-def _kickoff_error(exc: FHIRStatusError, not_group: bool) -> BulkExportError:
+def _retry_delay(exc: FHIRStatusError | TransportError, attempt: int) -> float | None:
+    """Seconds before re-sending a failed kick-off, or ``None`` when it must not be re-sent.
+
+    Only failures where the server most likely started nothing: a 5xx, a plain rate-limit 429 (never Epic's
+    "too recently", which is not transient), a connection that could not be opened. If a 5xx came after the
+    job was created after all, the retry ends in :class:`BulkExportTooSoon`, as a caller's own retry would.
+    """
+    if attempt >= _KICKOFF_ATTEMPTS:
+        return None
+    backoff = _KICKOFF_BACKOFF * 2.0 ** (attempt - 1)
+    if isinstance(exc, TransportError):
+        cause = exc.__cause__
+        return backoff if isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout)) else None
+    if isinstance(exc, RateLimited) and not is_too_recent(exc.operation_outcome):
+        wait = exc.retry_after if exc.retry_after is not None else backoff
+        return wait if wait <= _KICKOFF_MAX_RETRY_AFTER else None
+    if isinstance(exc, ServerError) and exc.status_code in (500, 502, 503, 504):
+        return backoff
+    return None
+
+
+def _kickoff_error(exc: FHIRStatusError, not_group: bool, *, retried: bool = False) -> BulkExportError:
     if is_too_recent(exc.operation_outcome):
         retry_after = getattr(exc, "retry_after", None)
         when = f"; retry in {retry_after:.0f} s" if isinstance(retry_after, (int, float)) else ""
+        if retried:
+            when += (
+                "; an earlier attempt of this kick-off failed and may have started the export: its status "
+                "URL was never received, cancel it from Epic's side or wait for it to expire"
+            )
         return BulkExportTooSoon(
             "Epic refused the $export kick-off: the client requested this Group too recently, or an export of "
             "it is still running (one per client and Group; cancel it with job.cancel() or wait for the "

@@ -41,7 +41,9 @@ TOO_RECENT_MARKER = "requested this group too recently"
 
 #: A ``Retry-After`` beyond this many seconds is not a delay: servers have sent epoch timestamps there.
 _EPOCH_THRESHOLD = 10 * 365 * 86400.0
-_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+# The lookbehind makes a match start only at the beginning of a number: without it a long run of digits
+# and no "%" (a hostile X-Progress) backtracks quadratically (64 KB took minutes).
+_PERCENT = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*%")
 
 
 # ------------------------------------------------------------------------------------------- kick-off

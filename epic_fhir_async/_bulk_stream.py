@@ -33,6 +33,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import _json
 from ._bulk_manifest import BulkFileRef
+from ._config import MAX_NDJSON_LINE_BYTES
 from ._errors import (
     BulkExportError,
     FHIRStatusError,
@@ -48,7 +49,7 @@ from .auth._base import same_origin
 if TYPE_CHECKING:
     from ._bulk import BulkExportJob
 
-__all__ = ["NDJSON_ACCEPT", "BulkResourceStream", "open_file", "unwrap_group"]
+__all__ = ["NDJSON_ACCEPT", "BulkResourceStream", "line_limit", "open_file", "unwrap_group"]
 
 NDJSON_ACCEPT = "application/fhir+ndjson"
 #: A file whose connection drops mid-body is re-requested this many times (lines already read are skipped).
@@ -121,8 +122,9 @@ async def file_batches(
     """
     delivered = 0
     attempt = 0
+    max_line = line_limit(job)
     while True:
-        splitter = NDJSONSplitter(parse=parse)
+        splitter = NDJSONSplitter(parse=parse, max_line=max_line)
         seen = 0
         try:
             async with (
@@ -157,6 +159,12 @@ async def file_batches(
         raise BulkExportError(
             f"bulk file {redact_url(ref.url)} ({ref.type}) held {delivered} resources; the manifest says {ref.count}"
         )
+
+
+def line_limit(job: BulkExportJob) -> int:
+    """The client's ``max_ndjson_line_bytes`` (structural clients in tests may lack it)."""
+    limit = getattr(job.client, "max_ndjson_line_bytes", MAX_NDJSON_LINE_BYTES)
+    return limit if isinstance(limit, int) else MAX_NDJSON_LINE_BYTES
 
 
 def unwrap_group(exc: BaseException) -> BaseException:

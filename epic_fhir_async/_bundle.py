@@ -70,25 +70,24 @@ def parse_page(bundle: Any) -> Page:
                 continue
             search = entry.get("search")
             mode = search.get("mode") if isinstance(search, dict) else None
-            if mode is None or mode == "match":
-                if resource.get("resourceType") == "OperationOutcome" and mode is None:
-                    outcome = OperationOutcome.from_json(resource)
-                    if outcome is not None:
-                        outcomes.append(outcome)
-                    continue
+            if mode == "match":
+                # Epic marks every entry (§3.6): the common case is decided without touching the resource
+                # dict, one cache miss less per resource on a 1000-entry page.
                 append(resource)
-            elif mode == "outcome":
+            elif mode == "include":
+                included.append(resource)
+            elif mode == "outcome" or (mode is None and resource.get("resourceType") == "OperationOutcome"):
                 outcome = OperationOutcome.from_json(resource)
                 if outcome is not None:
                     outcomes.append(outcome)
-            elif mode == "include":
-                included.append(resource)
+            elif mode is None:
+                append(resource)
     total = bundle.get("total")
     return Page(
         resources=resources,
         outcomes=outcomes,
         included=included,
         next_url=next_link(bundle),
-        total=total if isinstance(total, int) else None,
+        total=total if isinstance(total, int) and not isinstance(total, bool) else None,
         raw=bundle,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -12,7 +11,15 @@ import httpx
 
 from . import _json
 from ._bundle import Page, parse_page
-from ._config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, FHIR_JSON, JSON_CONTENT_TYPES, USER_AGENT
+from ._config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    FHIR_JSON,
+    JSON_CONTENT_TYPES,
+    MAX_NDJSON_LINE_BYTES,
+    MAX_RESPONSE_BYTES,
+    USER_AGENT,
+)
 from ._errors import (
     ConfigurationError,
     EpicFHIRError,
@@ -23,9 +30,10 @@ from ._errors import (
     error_from_response,
     redact_url,
 )
-from ._retry import RETRY_SAFE, RetryPolicy, RetryTransport
+from ._limits import read_limited
+from ._retry import READ_BODY, RETRY_SAFE, RetryPolicy, RetryTransport
 from ._search import SearchQuery
-from .auth._base import EpicAuth, same_origin
+from .auth._base import EpicAuth, is_loopback, same_origin
 
 if TYPE_CHECKING:
     import anyio
@@ -44,13 +52,18 @@ _MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+async def _read(response: httpx.Response, limit: int | None) -> None:
+    # Our RetryTransport has read the body already (READ_BODY); a caller-owned client's connection can still
+    # be cut mid-body here, which must surface as our TransportError, not a bare httpx exception.
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+        await read_limited(response, limit)
+    except httpx.HTTPError as exc:
+        request = response.request
+        raise TransportError(
+            f"{type(exc).__name__} reading the body of {request.method} {redact_url(request.url)}",
+            method=request.method,
+            url=redact_url(request.url),
+        ) from exc
 
 
 def _media_type(response: httpx.Response) -> str:
@@ -64,6 +77,8 @@ class EpicFHIRClient:
     ``timeout`` in seconds. ``transport`` is wrapped in :class:`RetryTransport` with ``retry``. A caller-owned
     ``http_client`` is used as-is (no retry wrapping, never closed here) and carries every request, the auth's
     token requests included. Plain ``http://`` is refused except on loopback (or with your own client).
+    ``max_response_bytes`` bounds a JSON response body and ``max_ndjson_line_bytes`` one line of a bulk file,
+    so a hostile server cannot exhaust memory (:class:`ResponseTooLarge`; ``None`` lifts the first limit).
     """
 
     def __init__(
@@ -78,17 +93,22 @@ class EpicFHIRClient:
         retry: RetryPolicy | None = None,
         epic_client_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        max_response_bytes: int | None = MAX_RESPONSE_BYTES,
+        max_ndjson_line_bytes: int = MAX_NDJSON_LINE_BYTES,
     ) -> None:
         url = httpx.URL(str(base_url).rstrip("/"))
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigurationError("base_url must be an absolute http(s) URL of the FHIR R4 base")
-        if url.scheme == "http" and http_client is None and not _is_loopback(url.host):
+        if url.scheme == "http" and http_client is None and not is_loopback(url.host):
             raise ConfigurationError(
                 f"refusing plain http:// for {redact_url(url)}: bearer tokens need TLS (loopback is allowed; "
                 "pass your own http_client to override)"
             )
         self.base_url = url
         self._base_prefix = str(url) + "/"
+        self.max_response_bytes = max_response_bytes
+        self.max_ndjson_line_bytes = max_ndjson_line_bytes
+        self._read_body: int | bool = max_response_bytes if max_response_bytes is not None else True
         self.auth = auth
         base_headers = {"Accept": FHIR_JSON, "User-Agent": USER_AGENT}
         if epic_client_id:
@@ -135,11 +155,18 @@ class EpicFHIRClient:
     def url(self, url: str | httpx.URL, *, allow_foreign_origin: bool = False) -> httpx.URL:
         """Resolve ``url`` against the base; an absolute URL elsewhere raises :class:`UnsafeURLError`."""
         text = str(url)
-        if "://" not in text:
-            if text.startswith("/"):  # absolute path: same origin as the base
-                return self.base_url.join(text)
-            return httpx.URL(self._base_prefix + text)
-        absolute = httpx.URL(text)
+        try:
+            if "://" not in text and not text.startswith("//"):
+                if text.startswith("/"):  # absolute path: same origin as the base
+                    return self.base_url.join(text)
+                return httpx.URL(self._base_prefix + text)
+            # "//host/path" (scheme-relative) names another host just like an absolute URL does.
+            absolute = httpx.URL(text) if "://" in text else self.base_url.join(text)
+        except httpx.InvalidURL:
+            # Usually a next link or Content-Location from the server; the text may hold patient ids.
+            raise EpicFHIRError(
+                "invalid URL (from the server or the caller; not shown: it may hold ids)"
+            ) from None
         if not allow_foreign_origin and not same_origin(absolute, self.base_url):
             raise UnsafeURLError(
                 f"refusing {redact_url(absolute)}: not on the FHIR server's origin, it would receive the token"
@@ -180,10 +207,13 @@ class EpicFHIRClient:
                     )
                 foreign = not same_origin(target, self.base_url)
                 method = "GET" if response.status_code == 303 else request.method
-                request = self.http.build_request(method, target, headers=request.headers)
+                # The auth flow wrote the token into these headers; it adds it again only where it may go.
+                headers = request.headers.copy()
+                headers.pop("Authorization", None)
+                request = self.http.build_request(method, target, headers=headers)
                 continue
             if response.status_code >= 400:
-                await response.aread()
+                await _read(response, self.max_response_bytes)
                 await response.aclose()
                 media = _media_type(response)
                 if response.content and response.status_code < 429 and ("html" in media or "xml" in media):
@@ -192,7 +222,7 @@ class EpicFHIRClient:
                     raise self._unexpected(response, media)
                 raise error_from_response(response)
             if not stream:
-                await response.aread()
+                await _read(response, self.max_response_bytes)
             return response
         raise TransportError(f"too many redirects from {redact_url(request.url)}", method=request.method)
 
@@ -255,7 +285,9 @@ class EpicFHIRClient:
             content=content,
             data=data,
             allow_foreign_origin=allow_foreign_origin,
-            extensions={RETRY_SAFE: True} if retry_safe else None,
+            extensions={READ_BODY: self._read_body, RETRY_SAFE: True}
+            if retry_safe
+            else {READ_BODY: self._read_body},
         )
         return await self._send(request, stream=False, allow_foreign_origin=allow_foreign_origin)
 
@@ -310,7 +342,12 @@ class EpicFHIRClient:
         )
 
     async def _json(self, method: str, url: str | httpx.URL, **kwargs: Any) -> Any:
-        return self.decode(await self.request(method, url, **kwargs))
+        body = self.decode(await self.request(method, url, **kwargs))
+        if not isinstance(body, dict):  # read/operation/capabilities promise a resource, not any JSON value
+            raise EpicFHIRError(
+                f"expected a FHIR resource (a JSON object) from {method}, got {type(body).__name__}"
+            )
+        return body
 
     # -- FHIR interactions ------------------------------------------------------------------------------
 

@@ -33,6 +33,13 @@ JWT_BEARER_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:
 DEFAULT_TIMEOUT: Final = 60.0
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 
+#: Response size limits (SECURITY.md): a hostile or broken server must not make the SDK exhaust memory.
+#: A 1000-entry Epic page of large resources is ~10-30 MB, so the JSON limit is generous; bulk files are
+#: streamed (no total limit), only one NDJSON line is ever held whole; token responses are ~1-2 KB.
+MAX_RESPONSE_BYTES: Final = 256 * 1024 * 1024
+MAX_NDJSON_LINE_BYTES: Final = 64 * 1024 * 1024
+MAX_TOKEN_RESPONSE_BYTES: Final = 1024 * 1024
+
 #: Epic's default and maximum page size (epic-behaviour.md §3.5).
 EPIC_MAX_PAGE_SIZE: Final = 1000
 

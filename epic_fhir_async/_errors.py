@@ -5,7 +5,14 @@
     │   └── RequestTimeout
     ├── AuthError
     │   ├── TokenRequestError       the token endpoint said no: error, error_description, hint
-    │   └── ConfigurationError      bad key, missing client id, no token endpoint, bad argument
+    │   │   └── CodeExchangeError   a SMART launch's authorization code was refused
+    │   ├── ConfigurationError      bad key, missing client id, no token endpoint, bad argument
+    │   └── LaunchError             a SMART App Launch could not start or complete
+    │       ├── LaunchStateError    the callback's state is missing, wrong or too old (forged/replayed)
+    │       ├── UntrustedIssuer     the EHR's ``iss`` is not the configured FHIR base
+    │       ├── AuthorizationDenied ``error=`` on the redirect (access_denied, ...)
+    │       ├── IdTokenError        the id_token failed verification
+    │       └── ReauthorizationRequired  the token expired and cannot be refreshed: launch again
     ├── FHIRStatusError             status_code, operation_outcome, method, url (never the query)
     │   ├── BadRequest 400          ├── Unauthorized 401      ├── Forbidden 403
     │   ├── NotFound 404/410        ├── MethodNotAllowed 405  ├── Conflict 409/412
@@ -14,6 +21,7 @@
     ├── PagingError                 a next link that repeats, an expired paging session twice
     │   └── SessionExpired          Epic's 4113 "Session ID for cached search results has expired."
     ├── UnsafeURLError              a URL on another origin would have received the bearer token
+    ├── ResponseTooLarge            a body or NDJSON line beyond the configured size limit
     ├── PullError                   a (patient, query) stream of a pull failed
     └── BulkExportError             anything about $export
         └── BulkExportTooSoon       "The Client requested this Group too recently."
@@ -37,20 +45,27 @@ from ._outcome import OperationOutcome
 
 __all__ = [
     "AuthError",
+    "AuthorizationDenied",
     "BadRequest",
     "BulkExportError",
     "BulkExportTooSoon",
+    "CodeExchangeError",
     "ConfigurationError",
     "Conflict",
     "EpicFHIRError",
     "FHIRStatusError",
     "Forbidden",
+    "IdTokenError",
+    "LaunchError",
+    "LaunchStateError",
     "MethodNotAllowed",
     "NotFound",
     "PagingError",
     "PullError",
     "RateLimited",
+    "ReauthorizationRequired",
     "RequestTimeout",
+    "ResponseTooLarge",
     "ServerError",
     "SessionExpired",
     "TokenRequestError",
@@ -59,6 +74,7 @@ __all__ = [
     "UnexpectedContentError",
     "UnprocessableEntity",
     "UnsafeURLError",
+    "UntrustedIssuer",
     "error_from_response",
     "parse_www_authenticate",
     "redact_url",
@@ -122,6 +138,63 @@ class TokenRequestError(AuthError):
     def __str__(self) -> str:
         text = super().__str__()
         return f"{text}\nHint: {self.hint}" if self.hint else text
+
+
+class CodeExchangeError(TokenRequestError):
+    """The token endpoint refused a SMART launch's authorization code (``error`` says why, ``hint`` what to do).
+
+    Codes are single-use and short-lived; a wrong ``redirect_uri`` or PKCE verifier also lands here.
+    """
+
+
+class LaunchError(AuthError):
+    """A SMART App Launch could not start or complete; the message says what the app should do."""
+
+
+class LaunchStateError(LaunchError):
+    """The callback's ``state`` is missing or not the one this launch sent, or the launch is too old.
+
+    Treat it as a forged or replayed callback (CSRF): do not retry with the same request, start a new launch.
+    """
+
+
+class UntrustedIssuer(LaunchError):
+    """The ``iss`` an EHR launch named is not the FHIR base this app is configured for (Epic §2.1:
+    allow-list ``iss``: a phishing page can send any URL)."""
+
+
+class AuthorizationDenied(LaunchError):
+    """The authorization server redirected back with ``error=`` (``access_denied`` when the user said no).
+
+    ``error``, ``error_description`` and ``error_uri`` are as the server sent them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: str,
+        error_description: str | None = None,
+        error_uri: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error = error
+        self.error_description = error_description
+        self.error_uri = error_uri
+
+
+class IdTokenError(LaunchError):
+    """The ``id_token`` failed verification; ``reason`` is a short code (``bad_signature``, ``wrong_issuer``,
+    ``wrong_audience``, ``expired``, ``wrong_nonce``, ``bad_algorithm``, ...)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ReauthorizationRequired(LaunchError):
+    """The launch's access token expired and cannot be refreshed (no refresh token, or the refresh token was
+    refused): send the user through the launch again."""
 
 
 class FHIRStatusError(EpicFHIRError):
@@ -220,6 +293,18 @@ class UnsafeURLError(EpicFHIRError):
     """A URL points outside the FHIR server's origin, so it must not receive the bearer token."""
 
 
+class ResponseTooLarge(EpicFHIRError):
+    """A response body (or one NDJSON line) is larger than the configured limit; ``limit`` is in bytes.
+
+    The limits keep a hostile or broken server from exhausting memory (SECURITY.md); raise them with
+    ``EpicFHIRClient(max_response_bytes=..., max_ndjson_line_bytes=...)`` for a server you trust.
+    """
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class PullError(EpicFHIRError):
     """A stream of a concurrent pull failed; ``patient_id`` and ``query`` say which, ``__cause__`` why."""
 
@@ -279,7 +364,9 @@ _STATUS_CLASSES: dict[int, type[FHIRStatusError]] = {
     429: RateLimited,
 }
 
-_AUTH_PARAM = re.compile(r'([A-Za-z0-9_\-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+# A match starts only at the beginning of a token (the lookbehind): otherwise a long run of token characters
+# without "=" backtracks quadratically, and a hostile server's 64 KB header took over a minute to parse.
+_AUTH_PARAM = re.compile(r'(?<![A-Za-z0-9_\-])([A-Za-z0-9_\-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 
 def parse_www_authenticate(value: str | None) -> dict[str, str]:

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from . import _json
+from ._config import MAX_NDJSON_LINE_BYTES
+from ._errors import ResponseTooLarge
 
 __all__ = ["BOM", "NDJSONError", "NDJSONSplitter", "aiter_ndjson_batches"]
 
@@ -34,13 +36,16 @@ class NDJSONSplitter:
     """Feed byte chunks, get lists of parsed values (``parse=True``) or raw lines (``parse=False``).
 
     ``lines`` counts the non-blank lines seen so far. Call :meth:`finish` after the last chunk for a final
-    line that had no newline.
+    line that had no newline. An unfinished line longer than ``max_line`` bytes raises
+    :class:`ResponseTooLarge` (a hostile server could otherwise send one endless line, SECURITY.md).
     """
 
-    __slots__ = ("_at_start", "_parse", "_pending", "lines")
+    __slots__ = ("_at_start", "_max_line", "_parse", "_pending", "_pending_size", "lines")
 
-    def __init__(self, *, parse: bool = True) -> None:
+    def __init__(self, *, parse: bool = True, max_line: int = MAX_NDJSON_LINE_BYTES) -> None:
         self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._max_line = max_line
         self._at_start = True
         self._parse = parse
         self.lines = 0
@@ -61,6 +66,9 @@ class NDJSONSplitter:
         if b"\n" not in chunk:
             if chunk:
                 self._pending.append(chunk)
+                self._pending_size += len(chunk)
+                if self._pending_size > self._max_line:
+                    raise self._too_long()
             return []
         if self._pending:
             self._pending.append(chunk)
@@ -68,9 +76,19 @@ class NDJSONSplitter:
             self._pending.clear()
         parts = chunk.split(b"\n")
         tail = parts.pop()
+        self._pending_size = len(tail)
         if tail:
             self._pending.append(tail)
+            if self._pending_size > self._max_line:
+                raise self._too_long()
         return self._convert(parts)
+
+    def _too_long(self) -> ResponseTooLarge:
+        return ResponseTooLarge(
+            f"line {self.lines + 1} of an NDJSON body is longer than {self._max_line} bytes "
+            "(EpicFHIRClient(max_ndjson_line_bytes=...))",
+            limit=self._max_line,
+        )
 
     def finish(self) -> list[Any]:
         """The last line when the body did not end with a newline (``[]`` otherwise)."""
@@ -78,6 +96,7 @@ class NDJSONSplitter:
             return []
         rest = b"".join(self._pending)
         self._pending.clear()
+        self._pending_size = 0
         if self._at_start:
             self._at_start = False
             if rest.startswith(BOM):

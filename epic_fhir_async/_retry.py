@@ -19,14 +19,28 @@ import httpx
 
 from ._config import LOGGER_NAME
 from ._errors import redact_url
+from ._limits import read_limited
 from ._retry_after import parse_retry_after
 
-__all__ = ["NO_RETRY", "RETRY_SAFE", "RetryPolicy", "RetryTransport", "retry_delay", "should_retry"]
+__all__ = [
+    "NO_RETRY",
+    "READ_BODY",
+    "RETRY_SAFE",
+    "RetryPolicy",
+    "RetryTransport",
+    "retry_delay",
+    "should_retry",
+]
 
 log = logging.getLogger(f"{LOGGER_NAME}.retry")
 
 #: Request extension marking a POST as safe to repeat (FHIR ``_search``, ``$export`` kick-off).
 RETRY_SAFE = "epic_fhir_async.retry_safe"
+#: Request extension asking the transport to read the whole body inside its retry loop, so a connection cut
+#: mid-body (headers already received) is retried like any other connection error. Its value is the body's
+#: size limit in bytes (or True for none). Set by the client for every non-streaming request; streamed
+#: bodies (bulk files) resume on their own.
+READ_BODY = "epic_fhir_async.read_body"
 #: Request extension that disables retries for one request (the bulk kick-off: Epic's "requested this Group
 #: too recently" 429 must reach the caller at once, not be retried or close the shared 429 gate).
 NO_RETRY = "epic_fhir_async.no_retry"
@@ -148,6 +162,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         policy = self.policy
         method_ok = is_retryable_method(request.method, request.extensions)
+        read_body = request.extensions.get(READ_BODY)  # a byte limit, or True for none
         attempt = 0
         waited = 0.0
         while True:
@@ -156,6 +171,8 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 waited += await self._wait_gate()
             try:
                 response = await self.next_transport.handle_async_request(request)
+                if read_body:
+                    await read_limited(response, None if read_body is True else read_body)
             except httpx.TransportError as exc:
                 if not isinstance(
                     exc,

@@ -2,7 +2,8 @@
 
 Paging follows only ``link[relation=next]`` verbatim (Epic's is an opaque ``sessionID``, epic-behaviour.md §3.5),
 refuses next links on another origin (the token must not go there) and a next link that repeats. An expired
-paging session (Epic code 4113) restarts the query once and skips what was already yielded.
+paging session (Epic code 4113) restarts the query and skips what was already yielded; a second expiry before
+the restart delivered anything new raises :class:`SessionExpired`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,20 @@ if TYPE_CHECKING:
 __all__ = ["PageIterator", "SearchQuery"]
 
 _EXPIRED_CODE = "4113"
+_NO_ITEMS: list[dict[str, Any]] = []
 
 
 def _is_expired(exc: FHIRStatusError) -> bool:
     # Epic: fatal 4113 "Session ID for cached search results has expired." with 400 or 404 (§3.5).
     outcome = exc.operation_outcome
     return exc.status_code in (400, 404) and outcome is not None and outcome.has_epic_code(_EXPIRED_CODE)
+
+
+def _joined_ids(resources: list[dict[str, Any]]) -> str:
+    try:  # the usual case (every id a string) in one C-level pass
+        return "\x00".join([r["id"] for r in resources])
+    except (KeyError, TypeError):
+        return "\x00".join([str(r.get("id")) for r in resources])
 
 
 class SearchQuery:
@@ -217,9 +226,9 @@ class _Pager:
             if self._restarted:
                 raise SessionExpired(
                     f"Epic's paging session for {query.resource_type} expired twice (code 4113); "
-                    "the search was restarted once already"
+                    "the restarted search had not delivered anything new yet"
                 ) from exc
-            # Restart from the first page once and skip what the caller already has (§3.5, must-have 9).
+            # Restart from the first page and skip what the caller already has (§3.5, must-have 9).
             self._restarted = True
             self._skipping = True
             self._visited.clear()
@@ -234,9 +243,13 @@ class _Pager:
             kept = [r for r in page.resources if str(r.get("id")) not in seen]
             if len(kept) != len(page.resources):
                 page = Page(kept, page.outcomes, page.included, page.next_url, page.total, page.raw)
+            if (
+                kept
+            ):  # progress since the restart: a later expiry may restart again (a long pull sees several)
+                self._restarted = False
         # Remember what the caller got, so a restart after 4113 yields nothing twice.
         if self._seen_ids is None:
-            self._seen.append("\x00".join([str(r.get("id")) for r in page.resources]))
+            self._seen.append(_joined_ids(page.resources))
         else:
             self._seen_ids.update([str(r.get("id")) for r in page.resources])
         self._next_url = page.next_url
@@ -270,6 +283,10 @@ class _Resources:
         if index < len(items):
             self._index = index + 1
             return items[index]
+        # Drop the finished page (local included) before fetching the next: parsing a page while the previous
+        # one is still alive costs ~20% more CPU per resource (memory reuse, GC); the caller keeps what it kept.
+        del items
+        self._items = _NO_ITEMS
         while True:
             page = await self._pages.__anext__()  # StopAsyncIteration ends the loop
             if page.resources:

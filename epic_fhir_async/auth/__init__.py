@@ -1,4 +1,5 @@
-"""Authentication: the token manager, SMART Backend Services, client secrets, refresh tokens, static tokens.
+"""Authentication: the token manager, SMART Backend Services, SMART App Launch, client secrets, refresh tokens,
+static tokens.
 
 Every auth method is an :class:`EpicAuth` (an ``httpx.Auth`` flow) that :class:`~epic_fhir_async.EpicFHIRClient`
 binds to its HTTP client and FHIR base URL. Token-fetching grants share a :class:`TokenManager`: lazy,
@@ -19,23 +20,35 @@ from ._discovery import discover_endpoints as discover_endpoints
 from ._flow import TokenAuth as TokenAuth
 from ._grants import ClientSecretAuth as ClientSecretAuth
 from ._grants import RefreshTokenAuth as RefreshTokenAuth
+from ._id_token import IdTokenVerifier as IdTokenVerifier
+from ._keys import InsecureKeyFileWarning as InsecureKeyFileWarning
 from ._keys import SigningKey as SigningKey
 from ._keys import generate_private_key as generate_private_key
 from ._keys import load_private_keys as load_private_keys
 from ._keys import private_key_pem as private_key_pem
 from ._keys import public_jwks as public_jwks
 from ._manager import TokenManager as TokenManager
+from ._smart import SmartLaunch as SmartLaunch
+from ._smart_auth import SmartAuth as SmartAuth
+from ._smart_request import AuthorizationRequest as AuthorizationRequest
+from ._smart_tokens import SmartTokenSet as SmartTokenSet
 from ._token import AccessToken as AccessToken
 
 __all__ = [
     "AccessToken",
+    "AuthorizationRequest",
     "BackendServicesAuth",
     "ClientSecretAuth",
     "EpicAuth",
+    "IdTokenVerifier",
     "InMemoryTokenCache",
+    "InsecureKeyFileWarning",
     "RefreshTokenAuth",
     "SigningKey",
+    "SmartAuth",
     "SmartEndpoints",
+    "SmartLaunch",
+    "SmartTokenSet",
     "StaticTokenAuth",
     "TokenAuth",
     "TokenCache",

@@ -7,18 +7,34 @@ origin alone may receive the bearer token.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncGenerator, Generator
 
 import httpx
 
 from .._errors import ConfigurationError
 
-__all__ = ["EpicAuth", "StaticTokenAuth", "mask_secret", "same_origin"]
+__all__ = ["EpicAuth", "StaticTokenAuth", "is_header_safe", "is_loopback", "mask_secret", "same_origin"]
 
 
 def mask_secret(value: str) -> str:
     """A masked form safe for ``repr`` and logs: no character of the secret, only its length."""
     return f"<masked, {len(value)} chars>"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (the one place plain ``http://`` is allowed)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_header_safe(value: str) -> bool:
+    """Whether a bearer token is visible ASCII without spaces (RFC 6750's ``b64token`` is a subset)."""
+    return value.isascii() and value.isprintable() and " " not in value
 
 
 def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
@@ -81,6 +97,11 @@ class StaticTokenAuth(EpicAuth):
     def __init__(self, token: str) -> None:
         if not isinstance(token, str) or not token.strip():
             raise ConfigurationError("StaticTokenAuth needs a non-empty bearer token string")
+        if not is_header_safe(token.strip()):
+            raise ConfigurationError(
+                "the bearer token holds spaces, control or non-ASCII characters: pass the token alone, without "
+                "'Bearer ' or a trailing newline"
+            )
         self._token = token.strip()
 
     def __repr__(self) -> str:

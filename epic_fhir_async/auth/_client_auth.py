@@ -22,9 +22,16 @@ from .._config import JWT_BEARER_ASSERTION_TYPE
 from .._errors import ConfigurationError
 from ._assertion import build_client_assertion
 from ._base import mask_secret
-from ._keys import SigningKey
+from ._keys import KeySource, SigningKey, load_private_keys
 
-__all__ = ["ClientAuthentication", "ClientSecretBasic", "ClientSecretPost", "PrivateKeyJWT", "PublicClient"]
+__all__ = [
+    "ClientAuthentication",
+    "ClientSecretBasic",
+    "ClientSecretPost",
+    "PrivateKeyJWT",
+    "PublicClient",
+    "client_authentication",
+]
 
 
 class ClientAuthentication(Protocol):
@@ -140,3 +147,34 @@ class PrivateKeyJWT:
     ) -> None:
         form["client_assertion_type"] = JWT_BEARER_ASSERTION_TYPE
         form["client_assertion"] = self.assertion(token_url)
+
+
+def client_authentication(
+    client_id: str,
+    *,
+    client_secret: str | None = None,
+    secret_method: str = "client_secret_basic",  # noqa: S107 (a method name)
+    private_key: KeySource | Sequence[KeySource] | None = None,
+    algorithm: str | None = None,
+    key_id: str | None = None,
+    jku: str | None = None,
+    password: str | bytes | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> ClientAuthentication:
+    """The client authentication a confidential or public client uses (launch code exchange and refresh).
+
+    ``client_secret`` (Basic by default, or ``secret_method="client_secret_post"``), ``private_key``
+    (``private_key_jwt``, Epic's recommended method, §2.3), or neither: a public client.
+    """
+    if client_secret is not None and private_key is not None:
+        raise ConfigurationError("give client_secret or private_key, not both")
+    if client_secret is not None:
+        if secret_method == "client_secret_basic":
+            return ClientSecretBasic(client_id, client_secret)
+        if secret_method == "client_secret_post":
+            return ClientSecretPost(client_id, client_secret)
+        raise ConfigurationError("secret_method must be 'client_secret_basic' or 'client_secret_post'")
+    if private_key is not None:
+        keys = load_private_keys(private_key, algorithm=algorithm, key_id=key_id, password=password)
+        return PrivateKeyJWT(client_id, keys, jku=jku, wall_clock=wall_clock)
+    return PublicClient(client_id)

@@ -16,8 +16,8 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 import anyio
 import httpx
 
-from .._errors import ConfigurationError
-from ._base import EpicAuth
+from .._errors import ConfigurationError, redact_url
+from ._base import EpicAuth, is_loopback
 from ._cache import TokenCache, TokenCacheKey
 from ._discovery import SmartEndpoints, discover_endpoints
 from ._manager import TokenManager
@@ -55,6 +55,15 @@ class TokenAuth(EpicAuth):
         self.client_id = client_id.strip()
         if token_url is not None and httpx.URL(token_url).scheme not in ("http", "https"):
             raise ConfigurationError("token_url must be an absolute http(s) URL")
+        if (
+            token_url is not None
+            and httpx.URL(token_url).scheme == "http"
+            and not is_loopback(httpx.URL(token_url).host)
+        ):
+            # The form carries a client assertion or secret (and answers carry tokens): TLS only, as for the base.
+            raise ConfigurationError(
+                f"refusing plain http:// for the token URL {redact_url(token_url)}: use https (loopback is allowed)"
+            )
         self._token_url = token_url
         self.scope = scope if isinstance(scope, str) or scope is None else " ".join(scope)
         self._endpoints: SmartEndpoints | None = None

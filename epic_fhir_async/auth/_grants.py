@@ -15,29 +15,15 @@ from typing import Literal
 from .._errors import ConfigurationError
 from ._base import mask_secret
 from ._cache import TokenCache
-from ._client_auth import (
-    ClientAuthentication,
-    ClientSecretBasic,
-    ClientSecretPost,
-    PrivateKeyJWT,
-    PublicClient,
-)
+from ._client_auth import ClientAuthentication, client_authentication
 from ._flow import TokenAuth
-from ._keys import KeySource, load_private_keys
+from ._keys import KeySource
 from ._request import post_token_request
 from ._token import AccessToken
 
 __all__ = ["ClientSecretAuth", "RefreshTokenAuth"]
 
 SecretMethod = Literal["client_secret_basic", "client_secret_post"]
-
-
-def _secret_auth(client_id: str, secret: str, method: str) -> ClientAuthentication:
-    if method == "client_secret_basic":
-        return ClientSecretBasic(client_id, secret)
-    if method == "client_secret_post":
-        return ClientSecretPost(client_id, secret)
-    raise ConfigurationError("method must be 'client_secret_basic' or 'client_secret_post'")
 
 
 class ClientSecretAuth(TokenAuth):
@@ -69,7 +55,11 @@ class ClientSecretAuth(TokenAuth):
             wall_clock=wall_clock,
             cache=cache,
         )
-        self._client_auth = _secret_auth(self.client_id, client_secret, method)
+        if not isinstance(client_secret, str):
+            raise ConfigurationError("ClientSecretAuth needs the client_secret string")
+        self._client_auth = client_authentication(
+            self.client_id, client_secret=client_secret, secret_method=method
+        )
         self.method = method
 
     def __repr__(self) -> str:
@@ -131,17 +121,18 @@ class RefreshTokenAuth(TokenAuth):
         )
         if not isinstance(refresh_token, str) or not refresh_token.strip():
             raise ConfigurationError("RefreshTokenAuth needs a non-empty refresh_token")
-        if client_secret is not None and private_key is not None:
-            raise ConfigurationError("give client_secret or private_key, not both")
         self._refresh_token = refresh_token.strip()
-        self._client_auth: ClientAuthentication
-        if client_secret is not None:
-            self._client_auth = _secret_auth(self.client_id, client_secret, secret_method)
-        elif private_key is not None:
-            keys = load_private_keys(private_key, algorithm=algorithm, key_id=key_id, password=password)
-            self._client_auth = PrivateKeyJWT(self.client_id, keys, jku=jku, wall_clock=wall_clock)
-        else:
-            self._client_auth = PublicClient(self.client_id)
+        self._client_auth: ClientAuthentication = client_authentication(
+            self.client_id,
+            client_secret=client_secret,
+            secret_method=secret_method,
+            private_key=private_key,
+            algorithm=algorithm,
+            key_id=key_id,
+            jku=jku,
+            password=password,
+            wall_clock=wall_clock,
+        )
         if access_token is not None:
             self._manager.set(access_token)
 

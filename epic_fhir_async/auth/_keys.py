@@ -8,8 +8,8 @@ thumbprint unless you name it). Keys are read once, at construction: never on a 
 
 from __future__ import annotations
 
-import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from .. import _json
 from .._errors import ConfigurationError
 
 __all__ = [
+    "InsecureKeyFileWarning",
     "KeySource",
     "SigningKey",
     "generate_private_key",
@@ -30,8 +31,6 @@ __all__ = [
     "private_key_pem",
     "public_jwks",
 ]
-
-logger = logging.getLogger("epic_fhir_async.auth")
 
 _RSA_ALGS = ("RS384", "RS256", "RS512")
 _EC_ALGS = {"secp256r1": "ES256", "secp384r1": "ES384"}
@@ -148,18 +147,24 @@ def _from_mapping(
     return [_from_jwk(data, algorithm, key_id, what)]
 
 
+class InsecureKeyFileWarning(UserWarning):
+    """A private key file can be read by users other than its owner (group or other permission bits set).
+
+    A warning, not an error: CI secrets mounted by orchestrators often have odd modes. Turn it into an error
+    with ``warnings.simplefilter("error", InsecureKeyFileWarning)``; fix it with ``chmod 600 <file>``.
+    """
+
+
 def _warn_if_readable(path: Path) -> None:
-    # A key readable by group or others is a leak waiting to happen; say so, never refuse (CI secrets
-    # mounted by orchestrators often have odd modes).
+    # A key readable by group or others is a leak waiting to happen; say so, never refuse.
     if os.name != "posix":
         return
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        logger.warning(
-            "private key file %s is readable by group or others (mode %03o); run: chmod 600 %s",
-            path,
-            mode,
-            path,
+        warnings.warn(
+            f"private key file {path} is readable by group or others (mode {mode:03o}); run: chmod 600 {path}",
+            InsecureKeyFileWarning,
+            stacklevel=3,
         )
 
 

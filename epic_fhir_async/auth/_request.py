@@ -25,7 +25,9 @@ import anyio
 import httpx
 
 from .. import _json
+from .._config import MAX_TOKEN_RESPONSE_BYTES
 from .._errors import RequestTimeout, TokenRequestError, TransportError, redact_url
+from .._limits import read_limited
 from .._retry_after import parse_retry_after
 from ._client_auth import ClientAuthentication
 from ._token import AccessToken, parse_token_response
@@ -146,7 +148,10 @@ async def _send(
 ) -> httpx.Response:
     try:
         # auth=None: this request must not go through the client's own auth flow (it would recurse).
-        return await http.request("POST", url, data=dict(form), headers=dict(headers), auth=None)
+        request = http.build_request("POST", url, data=dict(form), headers=dict(headers))
+        response = await http.send(request, auth=None, stream=True)
+        await read_limited(response, MAX_TOKEN_RESPONSE_BYTES)  # a token answer is ~1-2 KB (SECURITY.md)
+        return response
     except httpx.TimeoutException as exc:
         raise RequestTimeout(
             f"token request to {redact_url(url)} timed out ({type(exc).__name__})", method="POST", url=url

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._errors import TokenRequestError
-from ._base import mask_secret
+from ._base import is_header_safe, mask_secret
 
 __all__ = ["DEFAULT_TOKEN_LIFETIME", "AccessToken", "parse_scopes", "parse_token_response"]
 
@@ -125,6 +125,9 @@ def parse_token_response(
     value = data.get("access_token")
     if not isinstance(value, str) or not value.strip():
         raise TokenRequestError("the token endpoint answered 200 without an access_token")
+    if not is_header_safe(value.strip()):
+        # Control characters or non-ASCII would break (or smuggle) the Authorization header (RFC 6750 §2.1).
+        raise TokenRequestError("the token endpoint answered an access_token that cannot go in a header")
     raw_type = data.get("token_type")
     token_type = raw_type.strip() if isinstance(raw_type, str) and raw_type.strip() else "Bearer"
     if token_type.lower() == "bearer":

@@ -7,14 +7,70 @@ import ipaddress
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-__all__ = ["register", "run"]
+if TYPE_CHECKING:
+    from ..sandbox import EpicSandbox
+
+__all__ = ["build_sandbox", "register", "run"]
+
+
+#: Flags that set one ``SandboxConfig`` field: (flag, field, type or choices, metavar, help). Defaults come from
+#: the config itself, so the command line and ``EpicSandbox()`` never disagree.
+_CONFIG_FLAGS: tuple[tuple[str, str, Any, str | None, str], ...] = (
+    ("--seed", "seed", int, "N", "dataset and fault seed"),
+    ("--patients", "patients", int, "N", "generated patients"),
+    ("--token-lifetime", "token_lifetime", float, "S", "expires_in of issued tokens (s)"),
+    ("--environment", "environment", ("non-production", "production"), None, "which client IDs are accepted"),
+    ("--root-path", "root_path", str, "PATH", "server root, e.g. /FHIRProxy (production style)"),
+    ("--page-size", "page_size", int, "N", "default searchset page size"),
+    ("--session-ttl", "session_ttl", float, "S", "paging session lifetime (s)"),
+    ("--unknown-params", "unknown_params", ("ignore", "warn"), None, "warn: a 4122 outcome entry"),
+    ("--fault-rate", "error_rate", float, "F", "fraction of FHIR 5xx answers"),
+    ("--rate-limit", "rate_limit_rps", float, "RPS", "FHIR requests/s, then 429"),
+    ("--retry-after", "retry_after", float, "S", "Retry-After of 429s (s)"),
+    ("--drop-rate", "drop_rate", float, "F", "fraction of cut responses"),
+    ("--token-flake-rate", "token_flake_rate", float, "F", "fraction of bare-400 token flakes"),
+    ("--export-seconds", "export_seconds", float, "S", "bulk job duration (s)"),
+    ("--export-cooldown", "export_cooldown", float, "S", "per client+Group kick-off window (s)"),
+    ("--export-resources-per-file", "export_resources_per_file", int, "N", "bulk file split point"),
+    ("--export-retention", "export_retention", float, "S", "bulk results lifetime (s)"),
+    ("--export-since", "export_since", ("reject", "ignore"), None, "what _since gets (Epic: reject)"),
+    ("--export-synthetic-observations", "export_synthetic_observations", int, "N", "extra Observations"),
+)
+#: On/off flags: (flag, field, value when given, help).
+_SWITCHES: tuple[tuple[str, str, bool, str], ...] = (
+    ("--retry-after-http-date", "retry_after_http_date", True, "send Retry-After as an HTTP-date"),
+    ("--no-export-type-filter", "export_type_filter", False, "refuse _typeFilter like Epic in 2023"),
+    ("--export-allow-post", "export_allow_post", True, "accept POST kick-offs"),
+)
+#: Repeatable ``KEY=VALUE`` / value flags: (flag, metavar, help).
+_REPEATABLE: tuple[tuple[str, str, str], ...] = (
+    (
+        "--client",
+        "ID=JWKS_FILE|JKU_URL",
+        "register a backend client by public JWK Set file, or by JWK Set URL (http(s)://...) that the "
+        "sandbox fetches and caches like Epic",
+    ),
+    (
+        "--client-types",
+        "ID=TYPE[,TYPE...]",
+        "types a --client may use, e.g. Patient,Observation?category=laboratory",
+    ),
+    ("--token-audience", "URL", "extra accepted client-assertion aud (a proxy allow-list)"),
+    (
+        "--directory",
+        "NAME=URL",
+        "extra entry for the endpoint directory at /Endpoints/R4 and /Endpoints/Brands",
+    ),
+)
 
 
 def register(subparsers: Any) -> None:
+    from ..sandbox import SandboxConfig
+
     parser = subparsers.add_parser(
         "sandbox",
         help="run the embedded Epic sandbox emulator (FHIR R4 + OAuth 2.0) on this machine",
@@ -22,47 +78,55 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
-    parser.add_argument(
-        "--client",
-        action="append",
-        default=[],
-        metavar="ID=JWKS_FILE",
-        help="register a backend client with its public JWK Set file (repeatable)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="dataset and fault seed (default 0)")
-    parser.add_argument("--patients", type=int, default=100, help="generated patients (default 100)")
-    parser.add_argument(
-        "--token-lifetime", type=float, default=3600.0, metavar="S", help="expires_in seconds"
-    )
+    for flag, metavar, text in _REPEATABLE:
+        parser.add_argument(flag, action="append", default=[], metavar=metavar, help=f"{text} (repeatable)")
+    parser.add_argument("--scope-style", choices=("v1", "v2", "epic"), default="v1", help="token scope style")
     parser.add_argument(
         "--latency-ms", type=float, default=0.0, metavar="MS", help="added latency per request"
     )
-    parser.add_argument(
-        "--fault-rate", type=float, default=0.0, metavar="F", help="fraction of FHIR 5xx answers"
-    )
-    parser.add_argument(
-        "--rate-limit", type=float, default=0.0, metavar="RPS", help="FHIR requests/s, then 429"
-    )
-    parser.add_argument("--drop-rate", type=float, default=0.0, metavar="F", help="fraction of cut responses")
-    parser.add_argument(
-        "--token-flake-rate", type=float, default=0.0, metavar="F", help="bare-400 token flakes"
-    )
-    parser.add_argument("--export-seconds", type=float, default=2.0, metavar="S", help="bulk job duration")
+    defaults = SandboxConfig()
+    for flag, name, kind, shown, text in _CONFIG_FLAGS:
+        default = getattr(defaults, name)
+        typed = {"choices": kind} if isinstance(kind, tuple) else {"type": kind, "metavar": shown}
+        parser.add_argument(flag, default=default, help=f"{text} (default {default})", **typed)
+    for flag, name, value, text in _SWITCHES:
+        parser.add_argument(flag, dest=name, action="store_true" if value else "store_false", help=text)
     parser.set_defaults(func=run)
 
 
-def _load_clients(specs: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    clients = []
+def _pairs(specs: list[str], flag: str, shape: str) -> list[tuple[str, str]]:
+    pairs = []
     for spec in specs:
-        client_id, sep, path = spec.partition("=")
-        if not sep or not client_id or not path:
-            raise SystemExit(f"--client expects ID=JWKS_FILE, got {spec!r}")
+        key, sep, value = spec.partition("=")
+        if not sep or not key or not value:
+            raise SystemExit(f"{flag} expects {shape}, got {spec!r}")
+        pairs.append((key, value))
+    return pairs
+
+
+def _load_clients(specs: list[str]) -> list[tuple[str, dict[str, Any] | str]]:
+    """(client id, JWK Set) for files, (client id, URL) for JWK Set URLs."""
+    clients: list[tuple[str, dict[str, Any] | str]] = []
+    for client_id, path in _pairs(specs, "--client", "ID=JWKS_FILE or ID=JKU_URL"):
+        if path.startswith(("http://", "https://")):
+            clients.append((client_id, path))
+            continue
         try:
             jwks = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise SystemExit(f"cannot read the JWK Set for {client_id}: {exc}") from None
         clients.append((client_id, jwks))
     return clients
+
+
+def _client_types(specs: list[str], clients: list[tuple[str, Any]]) -> dict[str, list[str]]:
+    known = {client_id for client_id, _ in clients}
+    types: dict[str, list[str]] = {}
+    for client_id, value in _pairs(specs, "--client-types", "ID=TYPE[,TYPE...]"):
+        if client_id not in known:
+            raise SystemExit(f"--client-types names {client_id!r}, which no --client registers")
+        types.setdefault(client_id, []).extend(t.strip() for t in value.split(",") if t.strip())
+    return types
 
 
 def _is_loopback(host: str) -> bool:
@@ -74,40 +138,57 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-async def run(args: argparse.Namespace) -> int:
+def build_sandbox(args: argparse.Namespace) -> EpicSandbox:
+    """The sandbox the parsed flags describe, with its ``--client`` registrations (SystemExit on bad input)."""
     from ..sandbox import EpicSandbox, SandboxConfig
 
+    clients = _load_clients(args.client)
+    client_types = _client_types(args.client_types, clients)
+    origin_port = args.port or 8765
+    options = {name: getattr(args, flag[2:].replace("-", "_")) for flag, name, *_ in _CONFIG_FLAGS}
+    options.update({name: getattr(args, name) for _, name, _, _ in _SWITCHES})
+    try:
+        config = SandboxConfig(
+            **options,
+            origin=f"http://127.0.0.1:{origin_port}",
+            token_audiences=tuple(args.token_audience),
+            directory=tuple(_pairs(args.directory, "--directory", "NAME=URL")),
+            latency=args.latency_ms / 1000.0,
+        )
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"invalid sandbox option: {exc}") from None
+    sandbox = EpicSandbox(config)
+    for client_id, keys in clients:
+        jwks, jku = (None, keys) if isinstance(keys, str) else (keys, None)
+        try:
+            sandbox.register_client(
+                client_id,
+                jwks,
+                jku=jku,
+                resource_types=client_types.get(client_id),
+                scope_style=args.scope_style,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"invalid JWK Set for {client_id}: {exc}") from None
+    return sandbox
+
+
+async def run(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
         print(
             f"warning: serving on {args.host}, not loopback: anyone who reaches it gets test data",
             file=sys.stderr,
         )
-    clients = _load_clients(args.client)
-    origin_port = args.port or 8765
-    config = SandboxConfig(
-        seed=args.seed,
-        patients=args.patients,
-        token_lifetime=args.token_lifetime,
-        export_seconds=args.export_seconds,
-        origin=f"http://127.0.0.1:{origin_port}",
-        latency=args.latency_ms / 1000.0,
-        error_rate=args.fault_rate,
-        rate_limit_rps=args.rate_limit,
-        drop_rate=args.drop_rate,
-        token_flake_rate=args.token_flake_rate,
-    )
-    sandbox = EpicSandbox(config)
-    for client_id, jwks in clients:
-        try:
-            sandbox.register_client(client_id, jwks)
-        except (ValueError, KeyError) as exc:
-            raise SystemExit(f"invalid JWK Set for {client_id}: {exc}") from None
+    sandbox = build_sandbox(args)
     async with sandbox.serve(host=args.host, port=args.port) as base_url:
         print(f"Epic sandbox emulator (seed {args.seed}, {args.patients} generated patients)")
         print(f"FHIR base URL: {base_url}")
         print(f"Token URL:     {sandbox.token_url}")
         print(f"Stats:         {sandbox.origin}/__sandbox/stats")
-        names = ", ".join(client_id for client_id, _ in clients) or "none (use --client ID=JWKS_FILE)"
+        print(f"Directory:     {sandbox.origin}/Endpoints/R4")
+        names = (
+            ", ".join(spec.partition("=")[0] for spec in args.client) or "none (use --client ID=JWKS_FILE)"
+        )
         print(f"Clients:       {names}")
         print("Press Ctrl-C to stop.", flush=True)
         await anyio.sleep_forever()

@@ -10,5 +10,6 @@ from ._app import EpicSandbox as EpicSandbox
 from ._clock import SandboxClock as SandboxClock
 from ._config import SandboxConfig as SandboxConfig
 from ._config import SandboxFaults as SandboxFaults
+from ._smart_model import SmartSettings as SmartSettings
 
-__all__ = ["EpicSandbox", "SandboxClock", "SandboxConfig", "SandboxFaults"]
+__all__ = ["EpicSandbox", "SandboxClock", "SandboxConfig", "SandboxFaults", "SmartSettings"]

@@ -21,10 +21,16 @@ from ._bulk import BulkExports
 from ._clock import SandboxClock
 from ._config import SandboxConfig, SandboxFaults
 from ._data import Dataset, build_dataset
+from ._directory import Directory
 from ._faults import FaultInjector
 from ._fhir import FhirServer
 from ._http import Request, Response, html_404, json_response
+from ._introspect import IntrospectionEndpoint
+from ._jku import JkuKeys
 from ._oauth import OAuthServer
+from ._scopes import ScopeStyle
+from ._smart import SmartServer
+from ._smart_api import SmartLaunchMixin
 
 __all__ = ["ConnectionDropped", "EpicSandbox"]
 
@@ -62,7 +68,7 @@ def _copy_dataset(source: Dataset) -> Dataset:
     )
 
 
-class EpicSandbox:
+class EpicSandbox(SmartLaunchMixin):
     """An emulator of Epic's FHIR R4 and OAuth 2.0 servers (see docs/sandbox.md).
 
     ``EpicSandbox(SandboxConfig(...))`` or ``EpicSandbox(seed=0, patients=10, ...)``; ``clock`` defaults to
@@ -70,7 +76,12 @@ class EpicSandbox:
     """
 
     def __init__(
-        self, config: SandboxConfig | None = None, *, clock: SandboxClock | None = None, **overrides: Any
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        clock: SandboxClock | None = None,
+        jku_transport: httpx.AsyncBaseTransport | None = None,
+        **overrides: Any,
     ) -> None:
         config = replace(config, **overrides) if config is not None else SandboxConfig(**overrides)
         self.config = config
@@ -85,6 +96,12 @@ class EpicSandbox:
             stats=self.stats,
             token_lifetime=config.token_lifetime,
             seed=config.seed,
+            environment=config.environment,
+            audiences=config.token_audiences,
+            # jku_transport: tests serve JWK Sets in-process (httpx.MockTransport) and count the fetches.
+            jku=JkuKeys(
+                clock=self.clock, stats=self.stats, max_cache=config.jku_max_cache, transport=jku_transport
+            ),
         )
         self.bulk = BulkExports(
             dataset=self.dataset,
@@ -94,8 +111,18 @@ class EpicSandbox:
             export_seconds=config.export_seconds,
             cooldown_seconds=config.export_cooldown,
             seed=config.seed,
+            resources_per_file=config.export_resources_per_file,
+            retention_seconds=config.export_retention,
+            since=config.export_since,
+            type_filter=config.export_type_filter,
+            allow_post=config.export_allow_post,
+            too_recent_status=config.export_too_recent_status,
+            progress_headers=config.export_progress_headers,
+            synthetic_observations=config.export_synthetic_observations,
             allowed_types=self.oauth.allowed_types,
         )
+        self.directory = Directory(config.directory)
+        self.oauth.add_route("introspect", IntrospectionEndpoint(self.oauth, lambda: self.oauth_url))
         self.fhir = FhirServer(
             dataset=self.dataset,
             oauth=self.oauth,
@@ -112,6 +139,15 @@ class EpicSandbox:
         )
         self._injector = FaultInjector(self.faults, clock=self.clock, stats=self.stats, seed=config.seed)
         self._fhir_prefix = config.root_path + "/api/FHIR/R4"
+        # SMART App Launch (issue 7): /oauth2/authorize, code/refresh grants, id_tokens, OIDC discovery.
+        self._smart = SmartServer(
+            oauth=self.oauth,
+            dataset=self.dataset,
+            clock=self.clock,
+            stats=self.stats,
+            origin=lambda: self._origin,
+            root_path=config.root_path,
+        )
         self._oauth_prefix = config.root_path + "/oauth2"
 
     # -- URLs -------------------------------------------------------------------------------------------
@@ -145,10 +181,45 @@ class EpicSandbox:
 
     # -- clients, tokens, sessions ------------------------------------------------------------------------
     def register_client(
-        self, client_id: str, jwks: Mapping[str, Any], *, resource_types: Iterable[str] | None = None
+        self,
+        client_id: str,
+        jwks: Mapping[str, Any] | None = None,
+        *,
+        jku: str | None = None,
+        static: bool = False,
+        resource_types: Iterable[str] | None = None,
+        sync_delay: float = 0.0,
+        user_mapped: bool = True,
+        scope_style: ScopeStyle = "v1",
+        environment: str | None = None,
+        dynamic_registration: bool = True,
+        oauth_uris: Mapping[str, str] | None = None,
     ) -> None:
-        """Register a backend client's public JWKS; ``resource_types`` None allows every type."""
-        self.oauth.register_client(client_id, jwks, resource_types=resource_types)
+        """Register a backend client by public JWKS (or ``jku`` URL); ``resource_types`` None allows every type.
+
+        See :meth:`OAuthServer.register_client <._oauth.OAuthServer.register_client>` for ``jku``, ``static``,
+        ``sync_delay``, ``user_mapped``, ``scope_style`` and ``environment``. ``dynamic_registration=False``
+        hides ``register`` from ``/metadata`` for this client's ``Epic-Client-ID``; ``oauth_uris`` (e.g.
+        ``{"token": url}``) overrides its oauth-uris there (customers that override the iss per client, §2.1).
+        """
+        self.oauth.register_client(
+            client_id,
+            jwks,
+            jku=jku,
+            static=static,
+            resource_types=resource_types,
+            sync_delay=sync_delay,
+            user_mapped=user_mapped,
+            scope_style=scope_style,
+            environment=environment,
+        )
+        self.fhir.set_client_metadata(client_id, register=dynamic_registration, oauth_uris=oauth_uris)
+
+    def add_resource_types(
+        self, client_id: str, resource_types: Iterable[str], *, sync_delay: float = 0.0
+    ) -> None:
+        """Add Incoming APIs to a registered client; 403 (and 59204) until ``sync_delay`` has passed (§5)."""
+        self.oauth.add_resource_types(client_id, resource_types, sync_delay=sync_delay)
 
     def issue_token(self, client_id: str = "sandbox-test-client", lifetime: float | None = None) -> str:
         """Test helper: a bearer token without the JWT dance (registers an unknown ``client_id`` for all types)."""
@@ -175,12 +246,21 @@ class EpicSandbox:
         path = request.path
         if path == STATS_PATH:
             return json_response(self.stats_snapshot(), content_type="application/json; charset=utf-8")
+        smart_route = self._smart.paths.get(path)  # OIDC keys, FHIR-base openid-configuration, style
+        if smart_route is not None and request.method == "GET":
+            return smart_route(request)
         if path.startswith(self._oauth_prefix + "/"):
             if self.faults.latency > 0:
                 self.stats["faults:latency"] += 1
                 await anyio.sleep(self.faults.latency)
             self.oauth.token_flake_rate = self.faults.token_flake_rate
-            return self.oauth.handle(request, path[len(self._oauth_prefix) + 1 :])
+            subpath = path[len(self._oauth_prefix) + 1 :]
+            if subpath.strip("/") == "token":
+                await self.oauth.jku.prepare(request)  # may fetch a JWK Set URL (async); verification is sync
+            return self.oauth.handle(request, subpath)
+        directory = self.directory.handle(path, request.method, origin=self._origin, base_url=self.base_url)
+        if directory is not None:
+            return directory
         if path == self._fhir_prefix or path.startswith(self._fhir_prefix + "/"):
             self.stats["fhir_requests"] += 1
             if path.startswith(self._fhir_prefix + "/BulkRequest"):
@@ -191,6 +271,9 @@ class EpicSandbox:
             if self.faults.latency > 0:
                 self.stats["faults:latency"] += 1
                 await anyio.sleep(self.faults.latency)
+            spike = self._injector.spike()
+            if spike:
+                await anyio.sleep(spike)
             response = self.fhir.handle(request, path[len(self._fhir_prefix) :].lstrip("/"))
             self._injector.after(response)
             return response

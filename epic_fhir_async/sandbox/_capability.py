@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from ._idtoken import OIDC_KEYS_PATH
 
 __all__ = [
     "CREATE_TYPES",
@@ -109,18 +112,29 @@ _NO_SEARCH = frozenset({"Binary", "ConceptMap", "Measure"})
 _OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
 
-def capability_statement(base_url: str, oauth_url: str, *, epic_client_id: str | None) -> dict[str, Any]:
+def capability_statement(
+    base_url: str,
+    oauth_url: str,
+    *,
+    epic_client_id: str | None,
+    register: bool | None = None,
+    oauth_uris: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """The statement served at ``/metadata`` without authentication.
 
     ``register`` appears in the oauth-uris extension only when the request carried ``Epic-Client-ID`` (§3.2,
-    checklist 26).
+    checklist 26), or as ``register`` says for a known client. ``oauth_uris`` overrides ``authorize``/``token``
+    (/``register``) for that client: some customers override the iss per client ID (§2.1).
     """
-    uris: list[dict[str, Any]] = [
-        {"url": "authorize", "valueUri": f"{oauth_url}/authorize"},
-        {"url": "token", "valueUri": f"{oauth_url}/token"},
-    ]
-    if epic_client_id:
-        uris.append({"url": "register", "valueUri": f"{oauth_url}/register"})
+    chosen = {
+        "authorize": f"{oauth_url}/authorize",
+        "token": f"{oauth_url}/token",
+        "register": f"{oauth_url}/register",
+        **(oauth_uris or {}),
+    }
+    if not (bool(epic_client_id) if register is None else register):
+        del chosen["register"]
+    uris: list[dict[str, Any]] = [{"url": name, "valueUri": uri} for name, uri in chosen.items()]
     resources = []
     for rtype in sorted(RESOURCE_TYPES):
         interactions = [{"code": "read"}]
@@ -194,9 +208,14 @@ _SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
 
 
 def smart_configuration(oauth_url: str) -> dict[str, Any]:
-    """``[base]/.well-known/smart-configuration`` (checklist 4); always JSON, no authentication."""
+    """``[base]/.well-known/smart-configuration`` (checklist 4); always JSON, no authentication.
+
+    ``jwks_uri`` (Epic's OIDC key URL, beside ``/oauth2`` under the server root) comes with
+    ``sso-openid-connect``, as the SMART spec requires for servers that issue id_tokens (§2.5).
+    """
     return {
         "issuer": oauth_url,
+        "jwks_uri": oauth_url.removesuffix("/oauth2") + OIDC_KEYS_PATH,
         "authorization_endpoint": f"{oauth_url}/authorize",
         "token_endpoint": f"{oauth_url}/token",
         "token_endpoint_auth_methods_supported": [
@@ -228,7 +247,11 @@ def smart_configuration(oauth_url: str) -> dict[str, Any]:
             "client-confidential-symmetric",
             "client-confidential-asymmetric",
             "context-ehr-patient",
+            "context-ehr-encounter",
             "context-standalone-patient",
+            "context-banner",
+            "context-style",
+            "sso-openid-connect",
             "permission-offline",
             "permission-patient",
             "permission-user",

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .._config import EPIC_MAX_PAGE_SIZE
+from ._jku import JKU_MAX_CACHE
 
 __all__ = ["DEFAULT_ORIGIN", "DEFAULT_ROOT", "SandboxConfig", "SandboxFaults"]
 
@@ -21,6 +22,11 @@ class SandboxConfig:
     ``page_size``/``max_page_size``: Epic pages at 1000 entries by default and at most (§3.5).
     ``session_ttl``: paging sessions expire this long after their last use (Epic's TTL is undocumented).
     ``unknown_params``: ``"ignore"`` (Epic's usual silence, §3.4) or ``"warn"`` (a 4122 outcome entry).
+    ``environment``: ``"non-production"`` (Epic's sandbox) or ``"production"``; client IDs registered for the
+    other environment get ``invalid_client`` (§1.1). ``token_audiences``: extra accepted assertion ``aud``
+    values (a customer's proxy allow-list, §1.4). ``jku_max_cache``: ceiling of the JKU key cache (29 h, §1.5).
+    ``export_*``: the Bulk Data server's knobs (docs/sandbox.md "Bulk $export"; also settable on ``sb.bulk``).
+    ``directory``: extra ``(name, FHIR base URL)`` entries for the endpoint directory at ``/Endpoints/R4``.
     The fault knobs seed :class:`SandboxFaults`, which stays mutable at runtime as ``sb.faults``.
     """
 
@@ -32,9 +38,21 @@ class SandboxConfig:
     session_ttl: float = 600.0
     export_seconds: float = 2.0
     export_cooldown: float = 0.0
+    export_resources_per_file: int = 1000
+    export_retention: float = 14 * 86400.0
+    export_since: Literal["reject", "ignore"] = "reject"
+    export_type_filter: bool = True
+    export_allow_post: bool = False
+    export_too_recent_status: int = 429
+    export_progress_headers: bool = True
+    export_synthetic_observations: int = 0
     origin: str = DEFAULT_ORIGIN
     root_path: str = DEFAULT_ROOT
     unknown_params: Literal["ignore", "warn"] = "ignore"
+    environment: Literal["non-production", "production"] = "non-production"
+    token_audiences: tuple[str, ...] = ()
+    jku_max_cache: float = JKU_MAX_CACHE
+    directory: tuple[tuple[str, str], ...] = ()
     latency: float = 0.0
     error_rate: float = 0.0
     rate_limit_rps: float = 0.0
@@ -50,6 +68,15 @@ class SandboxConfig:
             raise ValueError("patients must be >= 0")
         if not self.root_path.startswith("/") or self.root_path.endswith("/"):
             raise ValueError("root_path must start with '/' and not end with '/'")
+        if self.environment not in ("non-production", "production"):
+            raise ValueError("environment must be 'non-production' or 'production'")
+        if self.export_since not in ("reject", "ignore"):
+            raise ValueError("export_since must be 'reject' or 'ignore'")
+        if self.export_resources_per_file < 1:
+            raise ValueError("export_resources_per_file must be at least 1")
+        audiences: object = self.token_audiences  # typed as a tuple, but a lone string is an easy mistake
+        if isinstance(audiences, str):
+            raise TypeError("token_audiences must be a tuple of URLs, not one string")
 
     def faults(self) -> SandboxFaults:
         """The initial fault settings this config describes."""
@@ -73,6 +100,7 @@ class SandboxFaults:
     sandbox clock (0 = unlimited), beyond which 429 + ``Retry-After`` (``retry_after`` seconds, or an HTTP-date
     when ``retry_after_http_date``). ``drop_rate``: fraction of FHIR responses whose connection is cut
     mid-body. ``token_flake_rate``: fraction of valid token requests answered with Epic's bare 400.
+    ``latency_spike_rate``: fraction of FHIR requests delayed by ``latency_spike`` more seconds (a slow page).
     """
 
     latency: float = 0.0
@@ -83,3 +111,5 @@ class SandboxFaults:
     retry_after: float = 1.0
     retry_after_http_date: bool = False
     error_statuses: tuple[int, ...] = field(default=(500, 502, 503))
+    latency_spike_rate: float = 0.0
+    latency_spike: float = 0.0

@@ -29,7 +29,7 @@ from ._data_clinical import (
     make_procedure,
     observation,
 )
-from ._data_docs import make_document_reference
+from ._data_docs import document_provenance, make_document_reference
 from ._data_ids import DAY, long_id, short_id
 from ._data_people import (
     NAMED_PATIENTS,
@@ -182,6 +182,8 @@ class _Builder:
             else:
                 doc, age = make_document_reference(ctx, self.binaries)
             self.add(pid, doc, age)
+            provenance = document_provenance(doc)  # not per-patient indexed: reached through its target
+            self.resources.setdefault("Provenance", {})[provenance["id"]] = provenance
 
     def _rename_first_encounter(self, pid: str, ctx: PatientContext, new_id: str) -> None:
         ref, _ = ctx.encounters[0]

@@ -59,6 +59,14 @@ class FaultInjector:
             return Response(status, [("content-type", "text/html")], body)
         return None
 
+    def spike(self) -> float:
+        """Seconds of an injected latency spike for this request (0.0 for most requests)."""
+        rate = self.faults.latency_spike_rate
+        if rate > 0 and self.faults.latency_spike > 0 and self._rng.random() < rate:
+            self.stats["faults:latency_spike"] += 1
+            return self.faults.latency_spike
+        return 0.0
+
     def _too_many(self, now: float) -> Response:
         oldest = self._window[0] if self._window else now
         seconds = max(self.faults.retry_after, math.ceil(oldest + 1.0 - now))

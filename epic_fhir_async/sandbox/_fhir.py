@@ -7,13 +7,14 @@ Path layout and errors follow Epic: unknown types and unsupported paths (``$expo
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from ._capability import CREATE_TYPES, RESOURCE_TYPES, UPDATE_TYPES, capability_statement, smart_configuration
+from ._capability import CREATE_TYPES, RESOURCE_TYPES, UPDATE_TYPES, smart_configuration
 from ._clock import SandboxClock
 from ._data import Dataset
 from ._http import Request, Response, html_404, json_response, outcome, outcome_issue
+from ._metadata import MetadataServer
 from ._operations import match_patients, patient_summary
 from ._paging import Pager, self_link_query
 from ._render import JSON_UTF8, fhir_response
@@ -79,6 +80,13 @@ class FhirServer:
             resources=dataset.resources, base_url=base_url, clock=clock, ttl=session_ttl, seed=seed
         )
         self.writer = Writer(dataset, self.pager, base_url, seed=seed)
+        self.metadata = MetadataServer(base_url, oauth_url)
+
+    def set_client_metadata(
+        self, client_id: str, *, register: bool = True, oauth_uris: Mapping[str, str] | None = None
+    ) -> None:
+        """What ``/metadata`` shows for ``Epic-Client-ID: client_id`` (checklist 26)."""
+        self.metadata.set_client(client_id, register=register, oauth_uris=oauth_uris)
 
     def handle(self, request: Request, rest: str) -> Response:
         """``rest`` is the path after the FHIR base, without leading slash."""
@@ -86,10 +94,7 @@ class FhirServer:
         if not parts:
             return html_404()
         if parts == ["metadata"] and request.method == "GET":
-            statement = capability_statement(
-                self.base_url(), self.oauth_url(), epic_client_id=request.headers.get("epic-client-id")
-            )
-            return fhir_response(request, statement)
+            return self.metadata.respond(request)
         if parts == [".well-known", "smart-configuration"] and request.method == "GET":
             return json_response(smart_configuration(self.oauth_url()), content_type=JSON_UTF8)
         rtype = parts[0]
@@ -191,12 +196,14 @@ class FhirServer:
             page_size=page_size,
             summary_count=summary_count,
             includes=[v for k, v in params if k == "_include"],
+            revincludes=[v for k, v in params if k == "_revinclude"],
         )
         return fhir_response(request, body)
 
     def _session(self, request: Request, rtype: str, session_id: str) -> Response:
         body = self.pager.session_page(rtype, session_id)
         if body is None:
+            self.stats["sessions_expired"] += 1  # 4113 answers, counted for soak reports
             return fhir_response(request, outcome(_SESSION_EXPIRED), 400)
         return fhir_response(request, body)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from joserfc import jws
@@ -23,7 +23,11 @@ __all__ = [
     "ALLOWED_ALGS",
     "MAX_ASSERTION_LIFETIME",
     "AssertionRejected",
+    "StaticKeySet",
     "load_public_jwks",
+    "load_static_jwks",
+    "signature_verifies",
+    "unverified_parts",
     "verify_assertion",
 ]
 
@@ -74,6 +78,26 @@ def load_public_jwks(jwks: Mapping[str, Any]) -> KeySet:
         raise ValueError(f"invalid JWKS: {type(exc).__name__}") from None
 
 
+class StaticKeySet(KeySet):
+    """A statically uploaded public key (§1.5): Epic keeps only ``kty``/``e``/``n``, so ``kid`` is ignored."""
+
+
+def load_static_jwks(jwks: Mapping[str, Any]) -> StaticKeySet:
+    """Import a static key upload: one RSA key, reduced to ``kty``/``e``/``n`` (§1.5: ``kid``/``alg`` discarded).
+
+    EC keys raise ValueError: Epic cannot take them statically, so ES256/ES384 need a JWK Set URL (§1.3).
+    """
+    loaded = load_public_jwks(jwks)
+    if len(loaded.keys) != 1:
+        raise ValueError("a static key upload holds exactly one key (Epic keeps one per environment)")
+    key = loaded.keys[0].as_dict(private=False)
+    if key.get("kty") != "RSA":
+        raise ValueError("static keys must be RSA: EC keys (ES256/ES384) need a JWK Set URL at Epic")
+    with warnings.catch_warnings():  # as in load_public_jwks: a weak key registers, then fails verification
+        warnings.simplefilter("ignore")
+        return StaticKeySet([RSAKey.import_key({k: key[k] for k in ("kty", "e", "n")})])
+
+
 def _segment_json(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         compact = jws.extract_compact(token.encode("ascii"))
@@ -92,7 +116,7 @@ def _pick_key(keyset: KeySet, kid: Any) -> RSAKey | ECKey:
     no kid there is no defined choice, and guessing would hide a client bug the real server may not forgive.
     """
     keys = keyset.keys
-    if kid is None:
+    if kid is None or isinstance(keyset, StaticKeySet):
         if len(keys) == 1:
             key = keys[0]
         else:
@@ -135,13 +159,43 @@ def _number(claims: Mapping[str, Any], name: str, *, required: bool) -> float | 
     return float(value)
 
 
+def unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(header, claims)`` of a compact JWS WITHOUT verifying it (to route it, never to trust it)."""
+    return _segment_json(token)
+
+
+def signature_verifies(token: str, keyset: KeySet) -> bool:
+    """True when ``token``'s signature verifies with the key its header picks (claims are not checked).
+
+    The JKU cache asks this to decide whether cached keys "did not verify the JWT" (§1.5) and a refetch is due.
+    """
+    try:
+        header, _ = _segment_json(token)
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGS:
+            return False
+        key = _pick_key(keyset, header.get("kid"))
+        _key_matches_alg(key, str(alg))
+        jws.deserialize_compact(token.encode("ascii"), key, algorithms=[str(alg)])
+    except (AssertionRejected, JoseError, ValueError):
+        return False
+    return True
+
+
 def verify_assertion(
-    token: str, *, keys_for: Callable[[str], KeySet], audience: str, now: float
+    token: str,
+    *,
+    keys_for: Callable[[str], KeySet],
+    audience: str | Collection[str],
+    now: float,
+    jku_for: Callable[[str], str | None] | None = None,
 ) -> tuple[str, str, float]:
     """Check one client assertion; returns ``(client_id, jti, exp)`` or raises :class:`AssertionRejected`.
 
     ``keys_for(client_id)`` returns the client's :class:`KeySet` or raises AssertionRejected itself. Replay of
-    ``jti`` is the caller's job (it owns the seen-jti store).
+    ``jti`` is the caller's job (it owns the seen-jti store). ``audience``: the token URL, or several accepted
+    values (Epic customers may allow-list proxy audiences, §1.4). ``jku_for(client_id)``, when given, is the
+    client's registered JWK Set URL: a ``jku`` header must equal it (§1.3).
     """
     header, claims = _segment_json(token)
     alg = header.get("alg")
@@ -154,6 +208,8 @@ def verify_assertion(
         raise AssertionRejected("missing_iss")
     if sub != iss:
         raise AssertionRejected("sub_mismatch")
+    if jku_for is not None and "jku" in header and header["jku"] != jku_for(iss):
+        raise AssertionRejected("bad_jku")
     keyset: KeySet = keys_for(iss)
     key = _pick_key(keyset, header.get("kid"))
     _key_matches_alg(key, str(alg))
@@ -163,8 +219,11 @@ def verify_assertion(
         raise AssertionRejected("bad_signature") from None
     # Claims are checked after the signature so an unsigned forgery can never probe the rules.
     aud = claims.get("aud")
+    accepted = {audience} if isinstance(audience, str) else set(audience)
     # §1.4: the token URL exactly (a trailing slash fails); RFC 7519 also allows a one-element array.
-    if aud != audience and not (isinstance(aud, list) and aud == [audience]):
+    if isinstance(aud, list) and len(aud) == 1:
+        aud = aud[0]
+    if not isinstance(aud, str) or aud not in accepted:
         raise AssertionRejected("bad_aud")
     exp = _number(claims, "exp", required=True)
     assert exp is not None

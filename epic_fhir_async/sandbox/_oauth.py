@@ -24,7 +24,9 @@ from .. import _json
 from .._config import JWT_BEARER_ASSERTION_TYPE
 from ._clock import SandboxClock
 from ._http import Request, Response, html_404, json_response
-from ._jwt import AssertionRejected, load_public_jwks, verify_assertion
+from ._jku import JkuKeys
+from ._jwt import AssertionRejected, load_public_jwks, load_static_jwks, verify_assertion
+from ._scopes import SCOPE_STYLES, ScopeStyle, scope_string
 
 __all__ = ["BearerCheck", "OAuthServer"]
 
@@ -67,6 +69,10 @@ class _Client:
     resource_types: frozenset[str] | None
     active_from: float  # sandbox time when the key "syncs" (Epic's key sync delay, §5)
     user_mapped: bool
+    scope_style: ScopeStyle = "v1"
+    environment: str = "non-production"
+    # APIs added after registration: (sandbox time they sync, types); 403 until then (§5 sync delays).
+    pending: list[tuple[float, frozenset[str]]] = field(default_factory=list)
 
 
 @dataclass
@@ -106,8 +112,17 @@ class OAuthServer:
         stats: collections.Counter[str],
         token_lifetime: float = 3600.0,
         seed: int = 0,
+        environment: str = "non-production",
+        audiences: Iterable[str] = (),
+        jku: JkuKeys | None = None,
     ) -> None:
         self.token_url = token_url
+        #: "non-production" (Epic's sandbox) or "production": clients registered for the other one are refused.
+        self.environment = environment
+        #: Extra assertion ``aud`` values accepted besides the token URL (customer allow-lists for proxies, §1.4).
+        self.audiences = tuple(audiences)
+        #: Clients registered by JWK Set URL and their cached keys (§1.5).
+        self.jku = jku if jku is not None else JkuKeys(clock=clock, stats=stats)
         self.clock = clock
         self.stats = stats
         self.token_lifetime = token_lifetime
@@ -119,8 +134,11 @@ class OAuthServer:
         self._clients: dict[str, _Client] = {}
         self._tokens: dict[str, _Token] = {}
         self._seen = _Seen()
-        # Later issues (SMART App Launch) add "authorize", "introspect", "register" here.
+        # SMART App Launch (._smart) adds "authorize", "register", ... through add_route().
         self._routes: dict[str, Callable[[Request], Response]] = {"token": self._token_endpoint}
+        # SMART App Launch (._smart) plugs in its grant types and its apps' resource types (None = all).
+        self._grants: dict[str, Callable[[Mapping[str, str], Request], Response]] = {}
+        self._app_types: dict[str, frozenset[str] | None] = {}
 
     @property
     def last_failure(self) -> str | None:
@@ -131,33 +149,104 @@ class OAuthServer:
     def register_client(
         self,
         client_id: str,
-        jwks: Mapping[str, Any],
+        jwks: Mapping[str, Any] | None = None,
         *,
+        jku: str | None = None,
+        static: bool = False,
         resource_types: Iterable[str] | None = None,
         sync_delay: float = 0.0,
         user_mapped: bool = True,
+        scope_style: ScopeStyle = "v1",
+        environment: str | None = None,
     ) -> None:
-        """Register (or replace) a backend client with its PUBLIC JWKS.
+        """Register (or replace) a backend client with its PUBLIC JWKS, or its JWK Set URL ``jku``.
 
-        ``resource_types``: ``"Observation"`` (whole type) or ``"Observation?category=laboratory"`` (a sub-type);
-        None allows everything. ``sync_delay`` seconds of sandbox time pass before the keys work (Epic's sync
-        delay: ``invalid_client`` until then); ``user_mapped=False`` gives ``unauthorized_client`` (§1.1).
-        Raises ValueError for a JWKS with private parts or unsupported keys.
+        ``jwks`` behaves like a JKU whose keys are already cached (every algorithm, keys picked by ``kid``);
+        ``static=True`` is Epic's static key upload (§1.5: one RSA key, only kty/e/n kept, ``kid`` ignored, no
+        ES256/ES384); ``jku`` is fetched and cached as Epic does (see :mod:`._jku`). ``resource_types``:
+        ``"Observation"`` (whole type) or ``"Observation?category=laboratory"`` (a sub-type); None allows
+        everything. ``sync_delay`` seconds of sandbox time pass before the keys work (Epic's sync delay:
+        ``invalid_client`` until then); ``user_mapped=False`` gives ``unauthorized_client`` (§1.1).
+        ``scope_style``: "v1", "v2" or "epic" (the token response's ``scope``, §2.8). ``environment``: the
+        environment this client ID belongs to (default: this server's); Epic refuses a production ID in the
+        sandbox and vice versa with ``invalid_client`` (§1.1, §5). Raises ValueError for a JWKS with private
+        parts or unsupported keys.
         """
         if not client_id:
             raise ValueError("client_id must be non-empty")
+        if (jwks is None) == (jku is None):
+            raise ValueError("register a client with exactly one of jwks or jku")
+        if scope_style not in SCOPE_STYLES:
+            raise ValueError(f"scope_style must be one of {', '.join(SCOPE_STYLES)}")
+        if jku is not None:
+            if static:
+                raise ValueError("static=True needs the uploaded key as jwks, not a JWK Set URL")
+            self.jku.register(client_id, jku)
+            keys = KeySet([])
+        else:
+            assert jwks is not None
+            keys = load_static_jwks(jwks) if static else load_public_jwks(jwks)
+            self.jku.forget(client_id)
         types = None if resource_types is None else frozenset(resource_types)
         self._clients[client_id] = _Client(
-            client_id, load_public_jwks(jwks), types, self.clock.now() + sync_delay, user_mapped
+            client_id,
+            keys,
+            types,
+            self.clock.now() + sync_delay,
+            user_mapped,
+            scope_style,
+            environment or self.environment,
         )
+
+    def add_resource_types(
+        self, client_id: str, resource_types: Iterable[str], *, sync_delay: float = 0.0
+    ) -> None:
+        """Add Incoming APIs to a registered client; until ``sync_delay`` has passed they answer 403 (§5)."""
+        client = self._clients[client_id]
+        client.pending.append((self.clock.now() + sync_delay, frozenset(resource_types)))
+
+    def describe_token(self, token: str) -> dict[str, Any] | None:
+        """``client_id``, ``exp``, ``iat`` and (backend clients) ``scope`` of a live access token, else None.
+
+        For token introspection (:mod:`._introspect`); never exposes the token itself.
+        """
+        record = self._tokens.get(token)
+        if record is None or record.expires_at <= self.clock.now():
+            return None
+        info: dict[str, Any] = {"client_id": record.client_id, "exp": int(record.expires_at)}
+        client = self._clients.get(record.client_id)
+        if client is not None:
+            info["scope"] = self._scope(client)
+        return info
+
+    def add_route(self, subpath: str, handler: Callable[[Request], Response]) -> None:
+        """Serve another endpoint under ``/oauth2/`` (SMART App Launch adds ``authorize`` ...)."""
+        self._routes[subpath.strip("/")] = handler
+
+    def add_grant(self, grant_type: str, handler: Callable[[Mapping[str, str], Request], Response]) -> None:
+        """Answer another ``grant_type`` at the token endpoint, after its form checks (§2.3, §2.6)."""
+        self._grants[grant_type] = handler
+
+    def register_app(self, client_id: str, *, resource_types: Iterable[str] | None = None) -> None:
+        """Let a SMART app's access tokens pass :meth:`check_bearer` (same resource-type rules as a backend)."""
+        self._app_types[client_id] = None if resource_types is None else frozenset(resource_types)
 
     def allowed_types(self, client_id: str) -> frozenset[str] | None:
         """The client's registered resource types (None = everything); KeyError for an unknown client."""
-        return self._clients[client_id].resource_types
+        if client_id not in self._clients:
+            return self._app_types[client_id]
+        client = self._clients[client_id]
+        if client.pending and client.resource_types is not None:
+            now = self.clock.now()
+            synced = [types for at, types in client.pending if at <= now]
+            if synced:
+                client.resource_types = client.resource_types.union(*synced)
+                client.pending = [(at, types) for at, types in client.pending if at > now]
+        return client.resource_types
 
     def _scope(self, client: _Client) -> str:
-        types = sorted(client.resource_types) if client.resource_types is not None else _DEFAULT_SCOPE_TYPES
-        return " ".join(f"system/{t}.read" for t in types)
+        types = self.allowed_types(client.client_id)
+        return scope_string(_DEFAULT_SCOPE_TYPES if types is None else types, client.scope_style)
 
     # -- tokens -----------------------------------------------------------------------------------------
     def _mint(self, client_id: str, lifetime: float) -> str:
@@ -189,7 +278,7 @@ class OAuthServer:
 
     def issue_token(self, client_id: str, lifetime: float | None = None) -> str:
         """Test helper: a valid bearer token for a registered client, without the JWT dance."""
-        if client_id not in self._clients:
+        if client_id not in self._clients and client_id not in self._app_types:
             raise KeyError(f"unknown client {client_id!r}")
         return self._mint(client_id, self.token_lifetime if lifetime is None else lifetime)
 
@@ -220,6 +309,9 @@ class OAuthServer:
         form: dict[str, str] = {}
         for key, value in request.form():
             form.setdefault(key, value)
+        grant = self._grants.get(form.get("grant_type", ""))
+        if grant is not None:
+            return grant(form, request)
         if form.get("grant_type") != "client_credentials":
             self.failures.append("unsupported_grant_type")
             self.stats["token_failures:unsupported_grant_type"] += 1
@@ -234,7 +326,11 @@ class OAuthServer:
         now = self.clock.now()
         try:
             client_id, jti, exp = verify_assertion(
-                assertion, keys_for=self._keys_for, audience=self.token_url, now=now
+                assertion,
+                keys_for=self._keys_for,
+                audience=(self.token_url, *self.audiences),
+                now=now,
+                jku_for=self.jku.url_for,
             )
         except AssertionRejected as exc:
             return self._reject(exc.reason)
@@ -269,8 +365,12 @@ class OAuthServer:
         client = self._clients.get(client_id)
         if client is None:
             raise AssertionRejected("unknown_client")
+        if client.environment != self.environment:
+            raise AssertionRejected("wrong_environment")  # non-prod ID at production, or vice versa (§1.1)
         if self.clock.now() < client.active_from:
             raise AssertionRejected("not_synced")
+        if self.jku.url_for(client_id) is not None:
+            return self.jku.keys(client_id)
         return client.keys
 
     # -- bearer checks (§3.7, checklist 14) -------------------------------------------------------------
@@ -293,11 +393,10 @@ class OAuthServer:
         if record is None:
             self.stats["bearer_failures"] += 1
             return BearerCheck(None, self._auth_failure(401, _INVALID_TOKEN))
-        client = self._clients.get(record.client_id)
-        if client is None:
+        if record.client_id not in self._clients and record.client_id not in self._app_types:
             self.stats["bearer_failures"] += 1
             return BearerCheck(None, self._auth_failure(401, _INVALID_TOKEN))
-        types = client.resource_types
+        types = self.allowed_types(record.client_id)
         if (
             resource_type is not None
             and types is not None

@@ -55,6 +55,7 @@ class Session:
     page_size: int
     includes: tuple[str, ...]
     expires_at: float
+    revincludes: tuple[str, ...] = ()
     pages: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -79,6 +80,8 @@ class Pager:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._entries: dict[tuple[str, str], bytes] = {}
         self._entries_base = ""
+        self._provenance_index: dict[str, list[str]] = {}
+        self._provenance_seen = -1  # size of the Provenance pool the index was built from
 
     # -- caches -----------------------------------------------------------------------------------------
     def invalidate(self, rtype: str, rid: str) -> None:
@@ -136,6 +139,28 @@ class Pager:
                     )
         return out
 
+    def _revincluded(
+        self, rtype: str, ids: Sequence[str], revincludes: Sequence[str], base: str
+    ) -> list[bytes]:
+        """``_revinclude=Provenance:target`` (the only one Epic lists, §3.2): Provenances of the page's matches."""
+        if not any(spec.split(":")[:2] == ["Provenance", "target"] for spec in revincludes):
+            return []
+        pool = self._resources.get("Provenance", {})
+        if len(pool) != self._provenance_seen:  # built lazily; rebuilt if Provenances were added
+            index: dict[str, list[str]] = {}
+            for pid, provenance in pool.items():
+                for ref in _references(provenance.get("target")):
+                    index.setdefault(ref, []).append(pid)
+            self._provenance_index, self._provenance_seen = index, len(pool)
+        out: list[bytes] = []
+        for rid in ids:
+            for pid in self._provenance_index.get(f"{rtype}/{rid}", ()):
+                url = f"{base}/Provenance/{pid}"
+                out.append(
+                    _json.dumps({"fullUrl": url, "resource": pool[pid], "search": {"mode": "include"}})
+                )
+        return out
+
     def _bundle(self, total: int, links: list[dict[str, str]], entries: list[bytes]) -> bytes:
         head = _json.dumps({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links})
         if not entries:
@@ -162,6 +187,7 @@ class Pager:
         page_size: int,
         summary_count: bool = False,
         includes: Sequence[str] = (),
+        revincludes: Sequence[str] = (),
     ) -> bytes:
         """The first page of a search; opens a session when the results do not fit (§3.5)."""
         base = self._check_base()
@@ -175,16 +201,18 @@ class Pager:
         if len(ids) <= page_size:
             entries = [self._entry(rtype, rid, base) for rid in ids]
             entries += self._included(rtype, ids, includes, base)
+            entries += self._revincluded(rtype, ids, revincludes, base)
             return self._bundle(len(ids), [self_link], entries + trailing)
         self._counter += 1
         token = f"{self._rng.getrandbits(128):032X}"
         self._sessions[token] = Session(
-            rtype, list(ids), page_size, tuple(includes), self._clock.now() + self.ttl
+            rtype, list(ids), page_size, tuple(includes), self._clock.now() + self.ttl, tuple(revincludes)
         )
         while len(self._sessions) > _MAX_SESSIONS:
             self._sessions.popitem(last=False)
         entries = [self._entry(rtype, rid, base) for rid in ids[:page_size]]
         entries += self._included(rtype, ids[:page_size], includes, base)
+        entries += self._revincluded(rtype, ids[:page_size], revincludes, base)
         links = [self_link, {"relation": "next", "url": f"{base}/{rtype}?sessionID=1-{token}"}]
         # Paged bundles report the entries on this page as total (§3.5); outcomes ride on the first page.
         return self._bundle(page_size, links, entries + trailing)
@@ -214,7 +242,9 @@ class Pager:
         if start + session.page_size < len(session.ids):
             links.append({"relation": "next", "url": f"{base}/{rtype}?sessionID={page + 1}-{token}"})
         entries = [self._entry(rtype, rid, base) for rid in chunk]
-        body = self._bundle(len(chunk), links, entries + self._included(rtype, chunk, session.includes, base))
+        entries += self._included(rtype, chunk, session.includes, base)
+        entries += self._revincluded(rtype, chunk, session.revincludes, base)
+        body = self._bundle(len(chunk), links, entries)
         session.pages[page] = body
         return body
 

@@ -48,7 +48,7 @@ _DATE_FIELDS: dict[str, tuple[str, ...]] = {
     "Immunization": ("occurrenceDateTime",),
     "AllergyIntolerance": ("recordedDate",),
 }
-_DATE_PARAMS = frozenset({"date", "onset-date", "recorded-date", "authoredon", "period"})
+_DATE_PARAMS = frozenset({"date", "onset-date", "recorded-date", "authoredon", "period", "issued"})
 _PREFIXES = ("eq", "ne", "ge", "le", "gt", "lt", "sa", "eb")
 
 
@@ -74,6 +74,8 @@ def run_search(
     unknown = [name for name, _ in params if name.split(":")[0] not in known]
     values: dict[str, list[str]] = {}
     for name, value in params:
+        if rtype == "EpisodeOfCare" and name.startswith("type:"):
+            continue  # §3.3: `type:not` tricks do not satisfy EpisodeOfCare's required type
         if name.split(":")[0] in known:
             values.setdefault(name.split(":")[0], []).append(value)
     result = _search(rtype, values, resources, by_patient, allowed)
@@ -266,11 +268,12 @@ def _matchers(rtype: str, values: dict[str, list[str]]) -> list[Callable[[dict[s
             out.append(partial(_field_token, field_name=field_name, raw=raw))
     for raw in values.get("status", []):
         out.append(partial(_status_match, raw=raw))
-    fields = _DATE_FIELDS.get(rtype, ())
     for name in _DATE_PARAMS:
+        # §3.3: Observation's non-standard `issued` searches the issued instant only.
+        fields = ("issued",) if name == "issued" else _DATE_FIELDS.get(rtype, ())
         for raw in values.get(name, []):
 
-            def match(r: dict[str, Any], raw: str = raw) -> bool:
+            def match(r: dict[str, Any], raw: str = raw, fields: tuple[str, ...] = fields) -> bool:
                 stamp = next((v for f in fields if isinstance(v := _get(r, f), str)), None)
                 return stamp is not None and _date_match(stamp, raw)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from joserfc.jwk import RSAKey
 
 from epic_fhir_async import ConfigurationError, _json
 from epic_fhir_async.auth import (
+    InsecureKeyFileWarning,
     SigningKey,
     generate_private_key,
     load_private_keys,
@@ -138,20 +138,14 @@ def test_bad_sources_raise_configuration_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
-def test_group_readable_key_file_logs_a_warning_not_an_error(
-    rsa_key: SigningKey, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_group_readable_key_file_warns_but_loads(rsa_key: SigningKey, tmp_path: Path) -> None:
     path = tmp_path / "loose.pem"
     path.write_bytes(private_key_pem(rsa_key))
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="epic_fhir_async.auth"):
+    with pytest.warns(InsecureKeyFileWarning, match="chmod 600"):
         assert _one(load_private_keys(path)).kid == rsa_key.kid
-    assert any("chmod 600" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
-    caplog.clear()
     path.chmod(0o600)
-    with caplog.at_level(logging.WARNING, logger="epic_fhir_async.auth"):
-        load_private_keys(path)
-    assert not caplog.records
+    load_private_keys(path)  # no warning: the suite turns warnings into errors
 
 
 @pytest.mark.parametrize("alg", ["RS384", "RS256", "ES384", "ES256"])

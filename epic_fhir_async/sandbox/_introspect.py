@@ -1,0 +1,45 @@
+"""``POST <root>/oauth2/introspect`` (RFC 7662), as client code calls it at Epic (epic-behaviour.md §2.9, checklist 1).
+
+Epic's documentation reviewed does not describe it; client code reads ``active``, ``scope``, ``client_id``,
+``exp``, ``sub`` and ``iss`` [uncertain]. The sandbox answers those for its own access tokens: a live token is
+``active: true``; anything else (unknown, expired, malformed) is just ``{"active": false}``, as RFC 7662 says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .. import _json
+from ._http import Request, Response
+
+__all__ = ["IntrospectionEndpoint"]
+
+_JSON_UTF8 = "application/json; charset=utf-8"
+_FORM = "application/x-www-form-urlencoded"
+
+
+class _TokenTable(Protocol):
+    def describe_token(self, token: str) -> dict[str, Any] | None: ...
+
+
+class IntrospectionEndpoint:
+    """The route handler; ``issuer`` is a callable (the served port may move)."""
+
+    def __init__(self, tokens: _TokenTable, issuer: Callable[[], str]) -> None:
+        self.tokens = tokens
+        self.issuer = issuer
+
+    def __call__(self, request: Request) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        token = dict(request.form()).get("token") if request.method == "POST" and ctype == _FORM else None
+        if not token:
+            body = {"error": "invalid_request", "error_description": None}
+            return Response(400, [("content-type", _JSON_UTF8)], _json.dumps(body))
+        info = self.tokens.describe_token(token)
+        answer: dict[str, Any] = {"active": False}
+        if info is not None:
+            answer = {"active": True, **info, "token_type": "Bearer", "iss": self.issuer()}
+        return Response(
+            200, [("content-type", _JSON_UTF8), ("cache-control", "no-store")], _json.dumps(answer)
+        )

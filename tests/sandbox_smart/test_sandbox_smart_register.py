@@ -1,0 +1,99 @@
+"""Dynamic client registration and the JWT-bearer grant (epic-behaviour.md §2.7, checklist 13)."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from joserfc.jwk import RSAKey
+
+from epic_fhir_async.sandbox import EpicSandbox
+
+from .conftest import (
+    CAMILA,
+    REDIRECT,
+    assertion,
+    authorize_params,
+    code_form,
+    get_code,
+    json_body,
+    pkce,
+    read_patient,
+    token,
+)
+
+pytestmark = pytest.mark.anyio
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+async def _initial_token(http: httpx.AsyncClient, sb: EpicSandbox) -> str:
+    sb.register_app("mobile-app", redirect_uris=[REDIRECT])
+    verifier, challenge = pkce()
+    code = await get_code(http, sb, authorize_params(sb, "mobile-app", challenge))
+    body = json_body(await token(http, sb, code_form(code, verifier, client_id="mobile-app")))
+    return str(body["access_token"])
+
+
+async def _register(
+    http: httpx.AsyncClient, sb: EpicSandbox, initial: str, body: dict[str, object]
+) -> httpx.Response:
+    return await http.post(
+        f"{sb.oauth_url}/register", json=body, headers={"Authorization": f"Bearer {initial}"}
+    )
+
+
+async def test_register_then_jwt_bearer_grant(
+    sb: EpicSandbox, http: httpx.AsyncClient, app_key: RSAKey
+) -> None:
+    initial = await _initial_token(http, sb)
+    jwks = {"keys": [app_key.as_dict(private=False)]}
+    response = await _register(http, sb, initial, {"software_id": "mobile-app", "jwks": jwks})
+    assert response.status_code == 201
+    registered = response.json()
+    client_id = registered["client_id"]
+    assert re.fullmatch(r"G[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}", client_id)
+    assert registered["token_endpoint_auth_method"] == "none"
+    assert registered["grant_types"] == [JWT_BEARER]
+    assert registered["software_id"] == "mobile-app"
+    assert registered["redirect_uris"] == [REDIRECT]
+    # The initial access token is one-time.
+    assert (
+        await _register(http, sb, initial, {"software_id": "mobile-app", "jwks": jwks})
+    ).status_code == 401
+    signed = assertion(sb, app_key, client_id)["client_assertion"]
+    grant = {"grant_type": JWT_BEARER, "assertion": signed, "client_id": client_id}
+    response = await token(http, sb, grant)
+    assert response.status_code == 200, sb.oauth.last_failure
+    body = json_body(response)
+    assert body["patient"] == CAMILA  # the user bound at registration
+    assert body["token_type"] == "Bearer"
+    assert (await read_patient(http, sb, body["access_token"], CAMILA)).status_code == 200
+    replay = await token(http, sb, grant)
+    assert replay.status_code == 400
+    assert replay.json() == {"error": "invalid_grant", "error_description": None}
+    assert sb.oauth.last_failure == "replayed_jti"
+
+
+async def test_registration_needs_matching_software_id_and_public_keys(
+    sb: EpicSandbox, http: httpx.AsyncClient, app_key: RSAKey
+) -> None:
+    initial = await _initial_token(http, sb)
+    jwks = {"keys": [app_key.as_dict(private=False)]}
+    wrong = await _register(http, sb, initial, {"software_id": "another-app", "jwks": jwks})
+    assert wrong.status_code == 400
+    assert wrong.json()["error"] == "invalid_client_metadata"
+    private = await _register(
+        http, sb, initial, {"software_id": "mobile-app", "jwks": {"keys": [app_key.as_dict(private=True)]}}
+    )
+    assert private.status_code == 400
+    assert (
+        await _register(http, sb, "not-a-token", {"software_id": "mobile-app", "jwks": jwks})
+    ).status_code == 401
+    unknown = await token(
+        http,
+        sb,
+        {"grant_type": JWT_BEARER, "assertion": assertion(sb, app_key, "G-unknown")["client_assertion"]},
+    )
+    assert unknown.status_code == 400
+    assert sb.oauth.last_failure == "unknown_client"
