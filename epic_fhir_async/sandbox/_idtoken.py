@@ -27,6 +27,18 @@ OIDC_KEYS_PATH = "/api/epic/2019/Security/Open/PublicKeys/530005/OIDC"
 _OIDC_SCOPES = ("openid", "fhirUser", "profile")
 
 
+_PROCESS_KEY: list[RSAKey] = []
+
+
+def _process_key() -> RSAKey:
+    """One id_token key per process, made on first use: RSA-2048 generation costs ~70 ms, and test suites
+    build dozens of sandboxes. Each sandbox still publishes the key it signs with, so nothing observable
+    changes; the key lives in memory only."""
+    if not _PROCESS_KEY:
+        _PROCESS_KEY.append(RSAKey.generate_key(2048))
+    return _PROCESS_KEY[0]
+
+
 class OidcSigner:
     """The sandbox's id_token key (RSA 2048, never written anywhere) and its published JWKS."""
 
@@ -36,7 +48,7 @@ class OidcSigner:
 
     def _ensure(self) -> RSAKey:
         if self._key is None:
-            key: RSAKey = RSAKey.generate_key(2048)
+            key = _process_key()
             # §2.5: kid = base64 (standard, padded, like Epic's example) of the SHA-256 of the DER public key.
             self._kid = base64.b64encode(hashlib.sha256(key.as_der(private=False)).digest()).decode("ascii")
             self._key = key

@@ -20,7 +20,6 @@ from urllib.parse import parse_qsl, unquote_plus
 import httpx
 import jwt as pyjwt
 import pytest
-from joserfc.jwk import RSAKey
 
 from epic_fhir_async import _json
 from epic_fhir_async.auth import (
@@ -321,24 +320,3 @@ def make_launch(fake: FakeSmart, clock: FakeClock) -> MakeLaunch:
             yield SmartLaunch(BASE, **options)
 
     return _make
-
-
-class _OneRSAKey:
-    """Stands in for joserfc's RSAKey inside the sandbox's id_token module: every sandbox gets the same key."""
-
-    key: Any = None
-
-    @classmethod
-    def generate_key(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls.key is None:
-            cls.key = RSAKey.generate_key(*args, **kwargs)
-        return cls.key
-
-
-@pytest.fixture(autouse=True)
-def _share_the_sandbox_oidc_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each sandbox makes its own RSA-2048 id_token key on first use (~70 ms); these tests make dozens of
-    # sandboxes. Sharing one key changes nothing they check (each sandbox still publishes the key it signs with).
-    from epic_fhir_async.sandbox import _idtoken
-
-    monkeypatch.setattr(_idtoken, "RSAKey", _OneRSAKey)
