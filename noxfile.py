@@ -43,6 +43,17 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PY)
+def soak(session: nox.Session) -> None:
+    """Pulls and bulk exports against the sandbox on 127.0.0.1 with every fault on (~90 s; not run by CI).
+
+    Prints requests, faults by kind, retries, resources expected/received, lost, duplicated and leaked, and
+    fails unless the last three are zero. Options after ``--``: ``--seconds``, ``--patients``, ``--backend trio``.
+    """
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "benchmarks.soak", *session.posargs)
+
+
+@nox.session(python=PY)
 def examples(session: nox.Session) -> None:
     """Run every example against the embedded sandbox."""
     session.install("-e", ".[dev]")

@@ -156,7 +156,8 @@ async def raw(token: str, urls: list[str], concurrency: int) -> tuple[int, float
             async def one(url: str) -> None:
                 nonlocal total
                 async with limiter:
-                    total += await _raw_file(http, url, headers)
+                    n = await _raw_file(http, url, headers)
+                total += n  # not `total += await ...`: that reads `total` before the await
 
             async with anyio.create_task_group() as tg:
                 for url in urls:
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench_bulk", description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=200.0, help="size of the throughput output (MB)")
     parser.add_argument("--memory-mb", type=float, default=1000.0, help="size of the memory output (MB)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians reported)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (medians reported)")
     parser.add_argument("--quick", action="store_true", help="40 MB and 200 MB, 2 rounds")
     args = parser.parse_args(argv)
     if args.quick:

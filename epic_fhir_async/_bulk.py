@@ -46,6 +46,7 @@ from ._errors import (
     RateLimited,
     ServerError,
     TransportError,
+    join_url,
     redact_url,
 )
 
@@ -214,7 +215,7 @@ class BulkExportJob:
         manifest, next_url = _manifest_of(response)
         seen = {self.status_url}
         while next_url is not None:
-            url = str(response.url.join(next_url))
+            url = str(join_url(response.url, next_url))
             if url in seen:
                 raise BulkExportError("the manifest's next link repeats")
             seen.add(url)

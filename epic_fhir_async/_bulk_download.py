@@ -26,7 +26,8 @@ import httpx
 
 from . import _json
 from ._bulk_manifest import BulkFileRef
-from ._bulk_stream import line_limit, open_file, unwrap_group
+from ._bulk_read import line_limit, open_file
+from ._bulk_stream import unwrap_group
 from ._config import LOGGER_NAME
 from ._errors import BulkExportError, TransportError, redact_url
 from ._ndjson import NDJSONError, NDJSONSplitter
@@ -153,6 +154,11 @@ async def _fetch_to(
                 raise BulkExportError(
                     f"downloading bulk file {redact_url(ref.url)} kept failing: {exc}"
                 ) from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # an undecodable body, a malformed redirect
+            await tmp.unlink(missing_ok=True)
+            raise BulkExportError(
+                f"downloading bulk file {redact_url(ref.url)} failed: {type(exc).__name__}"
+            ) from exc
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await tmp.unlink(missing_ok=True)

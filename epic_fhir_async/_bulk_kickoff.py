@@ -30,6 +30,7 @@ from ._errors import (
     ServerError,
     TransportError,
     error_from_response,
+    join_url,
     redact_url,
 )
 from ._retry import NO_RETRY
@@ -152,7 +153,7 @@ class BulkExportStart:
             )
         job = BulkExportJob(
             self._client,
-            str(response.url.join(location)),
+            str(join_url(response.url, location)),
             cadence=self._cadence,
             allow_foreign_files=self._allow_foreign,
         )
@@ -176,7 +177,7 @@ async def _send_once(
     )
     try:
         response = await client.http.send(request, auth=client.auth)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a 3xx with a malformed Location
         raise TransportError(
             f"{type(exc).__name__} during the $export kick-off to {redact_url(url)}",
             method=method,

@@ -1,4 +1,6 @@
-"""Streaming a finished export's NDJSON files: token policy per file, line splitting, concurrent readers.
+"""Streaming a finished export's NDJSON files to one consumer: concurrent readers, lazy parsing.
+
+Reading one file (Epic's token rule, line splitting, resuming a dropped body) is :mod:`._bulk_read`.
 
 Shape (why an async context manager): reading several files at once needs a task group, and an async
 generator must not yield while a task group is open inside it (anyio's documented caveat: a ``break`` in the
@@ -12,159 +14,38 @@ owns its task group between enter and exit; leaving the block early cancels the 
 ``async for resource in job.resources()`` is also allowed and reads the files one after another in the
 caller's own task (no task group, so nothing to leak).
 
-Files travel as lists of raw lines (one list per HTTP chunk) through a bounded memory object stream: a slow
-consumer blocks the readers, so at most ``buffer + concurrency`` chunks are held whatever the file size.
+Files travel as lists of raw lines (about 256 KB of body each) through a bounded memory object stream: a slow
+consumer blocks the readers, so at most ``buffer + concurrency`` lists are held whatever the file size.
 Each line is parsed with ``orjson`` only when the consumer asks for it, so a single parsed resource is alive
 at a time, as in a hand-written loop: holding hundreds of freshly parsed dicts (a list per chunk, several
-chunks queued) measured up to twice the parse cost (cache misses), and lists rather than single resources
-keep the hand-off cost per chunk, not per resource (perf-anchors.md, scenario C).
+chunks queued) measured up to twice the parse cost (cache misses). Lists rather than single resources keep
+the hand-off cost per list, not per resource, and a list gathers ~256 KB of body rather than one HTTP chunk
+(~32 KB on loopback, less behind TLS or gzip): a consumer that outpaces the network waits for every list,
+and each wait is two task switches (perf-anchors.md, scenario C).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import _json
 from ._bulk_manifest import BulkFileRef
-from ._config import MAX_NDJSON_LINE_BYTES
-from ._errors import (
-    BulkExportError,
-    FHIRStatusError,
-    NotFound,
-    TransportError,
-    UnsafeURLError,
-    error_from_response,
-    redact_url,
-)
-from ._ndjson import NDJSONError, NDJSONSplitter
-from .auth._base import same_origin
+from ._bulk_read import file_batches
+from ._errors import BulkExportError, EpicFHIRError
 
 if TYPE_CHECKING:
     from ._bulk import BulkExportJob
 
-__all__ = ["NDJSON_ACCEPT", "BulkResourceStream", "line_limit", "open_file", "unwrap_group"]
+__all__ = ["BulkResourceStream", "unwrap_group"]
 
-NDJSON_ACCEPT = "application/fhir+ndjson"
-#: A file whose connection drops mid-body is re-requested this many times (lines already read are skipped).
-_BODY_RETRIES = 3
-
-
-@asynccontextmanager
-async def open_file(job: BulkExportJob, url: str) -> AsyncIterator[httpx.Response]:
-    """The streaming response of one manifest file, with Epic's token rule applied.
-
-    The bearer token goes only with ``requiresAccessToken`` *and* a file on the FHIR server's origin
-    (§4: Epic's files need it); a file elsewhere is refused with :class:`UnsafeURLError` unless the job allows
-    foreign files, which are then fetched without the token. A 404/410 (files expire, ~14 days at Epic) is a
-    :class:`BulkExportError` saying so.
-    """
-    manifest = job.require_manifest()
-    target = httpx.URL(job.status_url).join(url)
-    on_origin = same_origin(target, job.client.base_url)
-    if not on_origin and not job.allow_foreign_files:
-        raise UnsafeURLError(
-            f"bulk file {redact_url(target)} is not on the FHIR server's origin; pass "
-            "allow_foreign_files=True to fetch it without the bearer token"
-        )
-    headers = {"Accept": NDJSON_ACCEPT}
-    opened = False
-    try:
-        if on_origin and manifest.requires_access_token:
-            async with job.client.stream("GET", str(target), headers=headers) as response:
-                opened = True
-                yield response
-        else:
-            # auth=None: no bearer token on this request, whatever the client would add.
-            async with job.client.http.stream("GET", target, headers=headers, auth=None) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise error_from_response(response)
-                opened = True
-                yield response
-    except NotFound as exc:
-        if opened:
-            raise
-        raise BulkExportError(
-            f"bulk file {redact_url(target)} is gone ({exc.status_code}): export files expire (about 14 days "
-            "at Epic) or were deleted; start a new export",
-            operation_outcome=exc.operation_outcome,
-            status_code=exc.status_code,
-        ) from exc
-    except FHIRStatusError as exc:
-        if opened:
-            raise
-        raise BulkExportError(
-            f"downloading bulk file {redact_url(target)} failed: {exc}",
-            operation_outcome=exc.operation_outcome,
-            status_code=exc.status_code,
-        ) from exc
-
-
-async def file_batches(
-    job: BulkExportJob,
-    ref: BulkFileRef,
-    *,
-    verify: bool,
-    on_bytes: Callable[[int], object] | None = None,
-    parse: bool = True,
-) -> AsyncGenerator[list[Any], None]:
-    """Resources of one file, one list per chunk (parsed, or raw non-blank lines with ``parse=False``).
-
-    Re-requests the file after a dropped connection, skipping the lines already yielded, so the caller sees
-    each line exactly once.
-    """
-    delivered = 0
-    attempt = 0
-    max_line = line_limit(job)
-    while True:
-        splitter = NDJSONSplitter(parse=parse, max_line=max_line)
-        seen = 0
-        try:
-            async with (
-                open_file(job, ref.url) as response,
-                aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_bytes())) as body,
-            ):
-                async for chunk in body:
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
-                    batch = splitter.feed(chunk)
-                    if batch:
-                        start, seen = seen, seen + len(batch)
-                        if seen > delivered:
-                            yield batch[delivered - start :] if start < delivered else batch
-                            delivered = seen
-                batch = splitter.finish()
-                if batch:
-                    start, seen = seen, seen + len(batch)
-                    if seen > delivered:
-                        yield batch[delivered - start :] if start < delivered else batch
-                        delivered = seen
-            break
-        except (httpx.TransportError, TransportError) as exc:
-            attempt += 1
-            if attempt > _BODY_RETRIES:
-                raise BulkExportError(
-                    f"downloading bulk file {redact_url(ref.url)} kept failing: {exc}"
-                ) from exc
-        except NDJSONError as exc:
-            raise BulkExportError(f"bulk file {redact_url(ref.url)} ({ref.type}): {exc}") from None
-    if verify and ref.count is not None and delivered != ref.count:
-        raise BulkExportError(
-            f"bulk file {redact_url(ref.url)} ({ref.type}) held {delivered} resources; the manifest says {ref.count}"
-        )
-
-
-def line_limit(job: BulkExportJob) -> int:
-    """The client's ``max_ndjson_line_bytes`` (structural clients in tests may lack it)."""
-    limit = getattr(job.client, "max_ndjson_line_bytes", MAX_NDJSON_LINE_BYTES)
-    return limit if isinstance(limit, int) else MAX_NDJSON_LINE_BYTES
+#: Body bytes whose lines a reader collects before handing them to the consumer (see the module docstring).
+_HANDOFF_BYTES = 256 * 1024
 
 
 def unwrap_group(exc: BaseException) -> BaseException:
@@ -175,9 +56,13 @@ def unwrap_group(exc: BaseException) -> BaseException:
     inner = getattr(exc, "exceptions", None)
     if not isinstance(inner, tuple):
         return exc
-    errors = [e for e in inner if not isinstance(e, anyio.get_cancelled_exc_class())]
+    errors = [unwrap_group(e) for e in inner if not isinstance(e, anyio.get_cancelled_exc_class())]
     if len(errors) == 1 and isinstance(errors[0], BaseException):
-        return unwrap_group(errors[0])
+        return errors[0]
+    if errors and all(isinstance(e, EpicFHIRError) for e in errors):
+        # Several files failed in the same instant: still one typed error for the caller, never a group.
+        shown = "; ".join(f"{type(e).__name__}: {e}" for e in errors[:3])
+        return BulkExportError(f"{len(errors)} bulk files failed at once: {shown}")
     return exc
 
 
@@ -196,6 +81,24 @@ class BulkResourceStream:
 
     ``counts`` (type → resources delivered), ``files_done`` and ``bytes`` grow as files are read.
     """
+
+    # Slots: ``__anext__`` reads and writes these once per resource.
+    __slots__ = (
+        "_batch",
+        "_buffer",
+        "_concurrency",
+        "_index",
+        "_job",
+        "_receive",
+        "_sequential",
+        "_state",
+        "_tg",
+        "_verify",
+        "bytes",
+        "counts",
+        "files",
+        "files_done",
+    )
 
     def __init__(
         self,
@@ -227,7 +130,14 @@ class BulkResourceStream:
         self.bytes += n
 
     async def _batches_of(self, ref: BulkFileRef) -> AsyncGenerator[list[Any], None]:
-        batches = file_batches(self._job, ref, verify=self._verify, on_bytes=self._add_bytes, parse=False)
+        batches = file_batches(
+            self._job,
+            ref,
+            verify=self._verify,
+            on_bytes=self._add_bytes,
+            parse=False,
+            min_bytes=_HANDOFF_BYTES,
+        )
         async with aclosing(batches) as it:
             async for batch in it:
                 self.counts[ref.type] = self.counts.get(ref.type, 0) + len(batch)
@@ -298,8 +208,10 @@ class BulkResourceStream:
             await self._sequential.aclose()
 
     async def __anext__(self) -> Any:
+        # Runs once per resource: locals, one attribute write and orjson itself on the common path.
+        index = self._index
         batch = self._batch
-        while self._index >= len(batch):
+        while index >= len(batch):
             receive = self._receive
             if receive is None or self._state != "running":
                 raise StopAsyncIteration
@@ -313,16 +225,15 @@ class BulkResourceStream:
                     raise StopAsyncIteration from None
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 raise StopAsyncIteration from None
-            self._batch, self._index = batch, 0
-        line = batch[self._index]
-        self._index += 1
+            self._batch, index = batch, 0
+        self._index = index + 1
         try:
-            return _loads(line)  # inlined (no helper call): this runs once per resource
+            return _loads(batch[index])
         except _json.JSONDecodeError:
             raise BulkExportError("a line of a bulk file is not valid JSON") from None
 
     async def batches(self) -> AsyncIterator[list[Any]]:
-        """The resources as lists (one per HTTP chunk): the cheapest way to consume a large export."""
+        """The resources as lists (one per ~256 KB of body): the cheapest way to consume a large export."""
         if self._state != "running" or self._receive is None:
             raise RuntimeError("use `async with job.resources() as stream:` before stream.batches()")
         if self._index < len(self._batch):
@@ -356,14 +267,14 @@ class _SequentialIterator:
         return self
 
     async def __anext__(self) -> Any:
+        index = self._index
         batch = self._batch
-        while self._index >= len(batch):
+        while index >= len(batch):
             batch = self._batch = await self._batches.__anext__()  # StopAsyncIteration ends the loop
-            self._index = 0
-        line = batch[self._index]
-        self._index += 1
+            index = 0
+        self._index = index + 1
         try:
-            return _loads(line)  # inlined (no helper call): this runs once per resource
+            return _loads(batch[index])  # orjson itself (no helper call): this runs once per resource
         except _json.JSONDecodeError:
             await self._batches.aclose()
             raise BulkExportError("a line of a bulk file is not valid JSON") from None

@@ -76,6 +76,7 @@ __all__ = [
     "UnsafeURLError",
     "UntrustedIssuer",
     "error_from_response",
+    "join_url",
     "parse_www_authenticate",
     "redact_url",
 ]
@@ -90,6 +91,18 @@ def redact_url(url: httpx.URL | str) -> str:
 
 class EpicFHIRError(Exception):
     """Base of every error raised by epic_fhir_async."""
+
+
+def join_url(base: httpx.URL | str, reference: str) -> httpx.URL:
+    """``reference`` (a Location, Content-Location, next link or file URL from the server) resolved against
+    ``base``; a malformed one raises :class:`EpicFHIRError` instead of httpx's ``InvalidURL``.
+
+    The text is not shown: server URLs carry patient identifiers. Origin checks are the caller's job.
+    """
+    try:
+        return httpx.URL(base).join(reference)
+    except httpx.InvalidURL:
+        raise EpicFHIRError("the server sent an invalid URL (not shown: it may hold identifiers)") from None
 
 
 class TransportError(EpicFHIRError):

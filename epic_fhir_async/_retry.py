@@ -172,7 +172,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
             try:
                 response = await self.next_transport.handle_async_request(request)
                 if read_body:
-                    await read_limited(response, None if read_body is True else read_body)
+                    await read_limited(response, None if read_body is True else read_body, request=request)
             except httpx.TransportError as exc:
                 if not isinstance(
                     exc,

@@ -284,7 +284,8 @@ class _Resources:
             self._index = index + 1
             return items[index]
         # Drop the finished page (local included) before fetching the next: parsing a page while the previous
-        # one is still alive costs ~20% more CPU per resource (memory reuse, GC); the caller keeps what it kept.
+        # one (~10 MB of objects for 1000 entries) is still alive measured 5-30% more CPU, more under load
+        # (cache and allocator reuse); the caller keeps whatever it kept.
         del items
         self._items = _NO_ITEMS
         while True:

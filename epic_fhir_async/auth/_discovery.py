@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 
 from .. import _json
-from .._config import FHIR_JSON
+from .._config import FHIR_JSON, MAX_RESPONSE_BYTES
 from .._errors import ConfigurationError, RequestTimeout, TransportError, redact_url
+from .._limits import read_limited
+from .._retry import READ_BODY
 
 __all__ = ["OAUTH_URIS_EXTENSION", "SmartEndpoints", "discover_endpoints"]
 
@@ -51,12 +53,16 @@ def _absolute(value: object, base: httpx.URL) -> str | None:
 
 async def _get_json(http: httpx.AsyncClient, url: str, headers: Mapping[str, str]) -> object | None:
     try:
-        response = await http.request("GET", url, headers=dict(headers), auth=None)
+        request = http.build_request(
+            "GET", url, headers=dict(headers), extensions={READ_BODY: MAX_RESPONSE_BYTES}
+        )
+        response = await http.send(request, auth=None, stream=True)
+        await read_limited(response, MAX_RESPONSE_BYTES)  # a hostile server's endless metadata (SECURITY.md)
     except httpx.TimeoutException as exc:
         raise RequestTimeout(
             f"discovery request to {redact_url(url)} timed out", method="GET", url=url
         ) from exc
-    except httpx.TransportError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a 3xx with a malformed Location
         raise TransportError(
             f"discovery request to {redact_url(url)} failed: {type(exc).__name__}", method="GET", url=url
         ) from exc

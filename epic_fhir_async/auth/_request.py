@@ -28,6 +28,7 @@ from .. import _json
 from .._config import MAX_TOKEN_RESPONSE_BYTES
 from .._errors import RequestTimeout, TokenRequestError, TransportError, redact_url
 from .._limits import read_limited
+from .._retry import READ_BODY
 from .._retry_after import parse_retry_after
 from ._client_auth import ClientAuthentication
 from ._token import AccessToken, parse_token_response
@@ -148,7 +149,13 @@ async def _send(
 ) -> httpx.Response:
     try:
         # auth=None: this request must not go through the client's own auth flow (it would recurse).
-        request = http.build_request("POST", url, data=dict(form), headers=dict(headers))
+        request = http.build_request(
+            "POST",
+            url,
+            data=dict(form),
+            headers=dict(headers),
+            extensions={READ_BODY: MAX_TOKEN_RESPONSE_BYTES},
+        )
         response = await http.send(request, auth=None, stream=True)
         await read_limited(response, MAX_TOKEN_RESPONSE_BYTES)  # a token answer is ~1-2 KB (SECURITY.md)
         return response
@@ -156,7 +163,7 @@ async def _send(
         raise RequestTimeout(
             f"token request to {redact_url(url)} timed out ({type(exc).__name__})", method="POST", url=url
         ) from exc
-    except httpx.TransportError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a 3xx with a malformed Location
         raise TransportError(
             f"token request to {redact_url(url)} failed: {type(exc).__name__}", method="POST", url=url
         ) from exc

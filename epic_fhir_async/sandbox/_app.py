@@ -1,74 +1,45 @@
-"""The sandbox application: :class:`EpicSandbox`, its ASGI entry, routing, transport and ``serve()``.
+"""The sandbox application: :class:`EpicSandbox`, its parts, its public test API and its routing.
 
 Routing follows Epic's layout (epic-behaviour.md §0, checklist 1): ``<root>/api/FHIR/R4/...`` to the FHIR
-server, ``<root>/oauth2/...`` to the OAuth server, ``/__sandbox/stats`` for tests, and Epic's IIS HTML 404
-for everything else.
+server, ``<root>/oauth2/...`` to the OAuth server, Epic's OIDC key and style paths to SMART, the public
+endpoint directory, ``/__sandbox/stats`` for tests, and Epic's IIS HTML 404 for everything else. Faults
+(checklist 9, 27) apply to FHIR requests; latency also to OAuth. The ASGI entry, the in-process transport
+and ``serve()`` live in :mod:`._asgi`.
 """
 
 from __future__ import annotations
 
 import collections
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 import anyio
 import httpx
 
+from ._asgi import AsgiServer, ConnectionDropped
 from ._bulk import BulkExports
 from ._clock import SandboxClock
 from ._config import SandboxConfig, SandboxFaults
-from ._data import Dataset, build_dataset
+from ._data import build_dataset
 from ._directory import Directory
 from ._faults import FaultInjector
 from ._fhir import FhirServer
-from ._http import Request, Response, html_404, json_response
+from ._http import JSON_UTF8, Request, Response, html_404, json_response
 from ._introspect import IntrospectionEndpoint
 from ._jku import JkuKeys
 from ._oauth import OAuthServer
 from ._scopes import ScopeStyle
 from ._smart import SmartServer
 from ._smart_api import SmartLaunchMixin
+from ._urls import FHIR_PATH, SandboxUrls
 
 __all__ = ["ConnectionDropped", "EpicSandbox"]
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 STATS_PATH = "/__sandbox/stats"
 
 
-class ConnectionDropped(Exception):
-    """Raised by the in-process app when a fault cuts a response; the transport turns it into httpx's error."""
-
-
-class _DroppingASGITransport(httpx.ASGITransport):
-    """httpx's ASGI transport, turning an injected dropped connection into ``httpx.RemoteProtocolError``."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            return await super().handle_async_request(request)
-        except ConnectionDropped:
-            raise httpx.RemoteProtocolError(
-                "peer closed connection without sending complete message body", request=request
-            ) from None
-
-
-def _copy_dataset(source: Dataset) -> Dataset:
-    """A per-sandbox copy (``build_dataset`` caches and shares its result; writes must not leak)."""
-    return Dataset(
-        resources={t: dict(v) for t, v in source.resources.items()},
-        by_patient={t: {p: list(ids) for p, ids in v.items()} for t, v in source.by_patient.items()},
-        binaries=dict(source.binaries),
-        patient_ids=list(source.patient_ids),
-        group_id=source.group_id,
-    )
-
-
-class EpicSandbox(SmartLaunchMixin):
+class EpicSandbox(SmartLaunchMixin, AsgiServer):
     """An emulator of Epic's FHIR R4 and OAuth 2.0 servers (see docs/sandbox.md).
 
     ``EpicSandbox(SandboxConfig(...))`` or ``EpicSandbox(seed=0, patients=10, ...)``; ``clock`` defaults to
@@ -88,8 +59,8 @@ class EpicSandbox(SmartLaunchMixin):
         self.clock = clock or SandboxClock()
         self.stats: collections.Counter[str] = collections.Counter()
         self.faults: SandboxFaults = config.faults()
-        self._origin = config.origin.rstrip("/")
-        self.dataset = _copy_dataset(build_dataset(config.seed, config.patients))
+        self.urls = SandboxUrls(config.origin, config.root_path)
+        self.dataset = build_dataset(config.seed, config.patients).copy()
         self.oauth = OAuthServer(
             token_url=self.token_url,
             clock=self.clock,
@@ -122,13 +93,13 @@ class EpicSandbox(SmartLaunchMixin):
             allowed_types=self.oauth.allowed_types,
         )
         self.directory = Directory(config.directory)
-        self.oauth.add_route("introspect", IntrospectionEndpoint(self.oauth, lambda: self.oauth_url))
+        self.oauth.add_route("introspect", IntrospectionEndpoint(self.oauth, lambda: self.urls.oauth))
         self.fhir = FhirServer(
             dataset=self.dataset,
             oauth=self.oauth,
             bulk=self.bulk,
-            base_url=lambda: self.base_url,
-            oauth_url=lambda: self.oauth_url,
+            base_url=lambda: self.urls.fhir_base,
+            oauth_url=lambda: self.urls.oauth,
             clock=self.clock,
             stats=self.stats,
             page_size=config.page_size,
@@ -138,41 +109,54 @@ class EpicSandbox(SmartLaunchMixin):
             warn_unknown=config.unknown_params == "warn",
         )
         self._injector = FaultInjector(self.faults, clock=self.clock, stats=self.stats, seed=config.seed)
-        self._fhir_prefix = config.root_path + "/api/FHIR/R4"
-        # SMART App Launch (issue 7): /oauth2/authorize, code/refresh grants, id_tokens, OIDC discovery.
+        self._fhir_prefix = config.root_path + FHIR_PATH
+        # SMART App Launch (§2): /oauth2/authorize, code/refresh grants, id_tokens, OIDC discovery.
         self._smart = SmartServer(
-            oauth=self.oauth,
-            dataset=self.dataset,
-            clock=self.clock,
-            stats=self.stats,
-            origin=lambda: self._origin,
-            root_path=config.root_path,
+            oauth=self.oauth, dataset=self.dataset, clock=self.clock, stats=self.stats, urls=self.urls
         )
         self._oauth_prefix = config.root_path + "/oauth2"
 
-    # -- URLs -------------------------------------------------------------------------------------------
+    # -- URLs (all from self.urls; see ._urls) ------------------------------------------------------------
     @property
     def origin(self) -> str:
         """Scheme, host and port every absolute URL uses (follows the real port when served)."""
-        return self._origin
+        return self.urls.origin
 
     @origin.setter
     def origin(self, value: str) -> None:
-        self._origin = value.rstrip("/")
+        self.urls.origin = value.rstrip("/")
         self.oauth.token_url = self.token_url
         self.bulk.base_url = self.base_url
 
     @property
     def base_url(self) -> str:
-        return f"{self._origin}{self.config.root_path}/api/FHIR/R4"
+        """The FHIR R4 base, ``<root>/api/FHIR/R4``."""
+        return self.urls.fhir_base
 
     @property
     def oauth_url(self) -> str:
-        return f"{self._origin}{self.config.root_path}/oauth2"
+        """``<root>/oauth2``."""
+        return self.urls.oauth
 
     @property
     def token_url(self) -> str:
-        return f"{self.oauth_url}/token"
+        """``<root>/oauth2/token``."""
+        return self.urls.token
+
+    @property
+    def authorize_url(self) -> str:
+        """``<root>/oauth2/authorize``."""
+        return self.urls.authorize
+
+    @property
+    def openid_configuration_url(self) -> str:
+        """``<root>/oauth2/.well-known/openid-configuration`` (the id_token issuer's discovery document)."""
+        return self.urls.openid_configuration
+
+    @property
+    def jwks_url(self) -> str:
+        """Epic's OIDC key URL, ``<root>/api/epic/2019/Security/Open/PublicKeys/530005/OIDC``."""
+        return self.urls.jwks
 
     @property
     def app(self) -> EpicSandbox:
@@ -180,6 +164,7 @@ class EpicSandbox(SmartLaunchMixin):
         return self
 
     # -- clients, tokens, sessions ------------------------------------------------------------------------
+    # The keywords are spelled out (not **kwargs) so help() and type checkers show every option.
     def register_client(
         self,
         client_id: str,
@@ -197,10 +182,11 @@ class EpicSandbox(SmartLaunchMixin):
     ) -> None:
         """Register a backend client by public JWKS (or ``jku`` URL); ``resource_types`` None allows every type.
 
-        See :meth:`OAuthServer.register_client <._oauth.OAuthServer.register_client>` for ``jku``, ``static``,
-        ``sync_delay``, ``user_mapped``, ``scope_style`` and ``environment``. ``dynamic_registration=False``
-        hides ``register`` from ``/metadata`` for this client's ``Epic-Client-ID``; ``oauth_uris`` (e.g.
-        ``{"token": url}``) overrides its oauth-uris there (customers that override the iss per client, §2.1).
+        See :meth:`OAuthServer.register_client <._oauth_clients.ClientRegistry.register_client>` for ``jku``,
+        ``static``, ``sync_delay``, ``user_mapped``, ``scope_style`` and ``environment``.
+        ``dynamic_registration=False`` hides ``register`` from ``/metadata`` for this client's
+        ``Epic-Client-ID``; ``oauth_uris`` (e.g. ``{"token": url}``) overrides its oauth-uris there (customers
+        that override the iss per client, §2.1).
         """
         self.oauth.register_client(
             client_id,
@@ -245,20 +231,18 @@ class EpicSandbox(SmartLaunchMixin):
         """Route one request; faults apply to FHIR requests (latency also to OAuth)."""
         path = request.path
         if path == STATS_PATH:
-            return json_response(self.stats_snapshot(), content_type="application/json; charset=utf-8")
+            return json_response(self.stats_snapshot(), content_type=JSON_UTF8)
         smart_route = self._smart.paths.get(path)  # OIDC keys, FHIR-base openid-configuration, style
         if smart_route is not None and request.method == "GET":
             return smart_route(request)
         if path.startswith(self._oauth_prefix + "/"):
-            if self.faults.latency > 0:
-                self.stats["faults:latency"] += 1
-                await anyio.sleep(self.faults.latency)
+            await self._latency()
             self.oauth.token_flake_rate = self.faults.token_flake_rate
             subpath = path[len(self._oauth_prefix) + 1 :]
             if subpath.strip("/") == "token":
                 await self.oauth.jku.prepare(request)  # may fetch a JWK Set URL (async); verification is sync
             return self.oauth.handle(request, subpath)
-        directory = self.directory.handle(path, request.method, origin=self._origin, base_url=self.base_url)
+        directory = self.directory.handle(path, request.method, origin=self.origin, base_url=self.base_url)
         if directory is not None:
             return directory
         if path == self._fhir_prefix or path.startswith(self._fhir_prefix + "/"):
@@ -268,9 +252,7 @@ class EpicSandbox(SmartLaunchMixin):
             fault = self._injector.before()
             if fault is not None:
                 return fault
-            if self.faults.latency > 0:
-                self.stats["faults:latency"] += 1
-                await anyio.sleep(self.faults.latency)
+            await self._latency()
             spike = self._injector.spike()
             if spike:
                 await anyio.sleep(spike)
@@ -279,128 +261,7 @@ class EpicSandbox(SmartLaunchMixin):
             return response
         return html_404()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._asgi(scope, receive, send, served=False)
-
-    async def _asgi(self, scope: Scope, receive: Receive, send: Send, *, served: bool) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        request = Request.from_scope(scope, b"".join(chunks))
-        response = await self.handle(request)
-        self.stats[f"status:{response.status}"] += 1
-        try:
-            await self._send_response(response, send, served)
-        finally:
-            # Close a streamed body's generator now, whatever happened (a fault cut, a client gone, a
-            # cancellation): never leave it to the garbage collector.
-            aclose = getattr(response.stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    async def _send_response(self, response: Response, send: Send, served: bool) -> None:
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-        if response.stream is None:
-            headers.append((b"content-length", str(len(response.body)).encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        if response.stream is None:
-            if response.drop_after:
-                cut = response.body[: response.drop_after]
-                await send({"type": "http.response.body", "body": cut, "more_body": True})
-                await self._drop(served)
-                return
-            await send({"type": "http.response.body", "body": response.body})
-            return
-        if await self._send_stream(response, send, served):
-            await send({"type": "http.response.body", "body": b""})
-
-    async def _send_stream(self, response: Response, send: Send, served: bool) -> bool:
-        """Send a streamed body; False when a fault cut it (the response must not be completed)."""
-        assert response.stream is not None
-        sent = 0
-        async for chunk in response.stream:
-            if response.drop_after and sent + len(chunk) >= response.drop_after:
-                part = chunk[: response.drop_after - sent]
-                await send({"type": "http.response.body", "body": part, "more_body": True})
-                await self._drop(served)
-                return False
-            sent += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if response.drop_after:
-            await self._drop(served)
-            return False
-        return True
-
-    @staticmethod
-    async def _drop(served: bool) -> None:
-        # Served: returning without completing the response makes uvicorn close the socket mid-body.
-        # In-process: raise, and the transport turns it into httpx.RemoteProtocolError.
-        if not served:
-            raise ConnectionDropped("response cut by fault injection")
-
-    # -- running ------------------------------------------------------------------------------------------
-    def transport(self) -> httpx.AsyncBaseTransport:
-        """An in-process httpx transport (no sockets; works on asyncio and trio)."""
-        return _DroppingASGITransport(app=self)
-
-    @asynccontextmanager
-    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-        """Run a real uvicorn server on ``host:port`` (0 = any free port); yields the FHIR base URL.
-
-        The origin follows the real port while serving. Under trio, uvicorn (asyncio-only) runs in a worker
-        thread with its own event loop.
-        """
-        import sniffio
-        import uvicorn  # the "sandbox" extra
-
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        real_port = sock.getsockname()[1]
-
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            await self._asgi(scope, receive, send, served=True)
-
-        config = uvicorn.Config(app, log_level="critical", lifespan="off", access_log=False, log_config=None)
-        server = uvicorn.Server(config)
-        previous = self._origin
-        # A wildcard bind is reached through loopback; URLs must name an address clients can use.
-        wildcard = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}  # noqa: S104 - mapping a wildcard away, not binding
-        shown_host = wildcard.get(host, f"[{host}]" if ":" in host else host)
-        self.origin = f"http://{shown_host}:{real_port}"
-        try:
-            async with anyio.create_task_group() as tg:
-
-                async def run_server() -> None:
-                    if sniffio.current_async_library() == "asyncio":
-                        await server.serve([sock])
-                    else:
-                        await anyio.to_thread.run_sync(lambda: server.run([sock]))
-                    # The server stopped (Ctrl-C under the CLI): end the caller's block too.
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(run_server)
-                while not server.started:
-                    if server.should_exit:
-                        raise RuntimeError("the sandbox server failed to start")
-                    await anyio.sleep(0.01)
-                try:
-                    yield self.base_url
-                finally:
-                    server.should_exit = True
-        finally:
-            sock.close()
-            self.origin = previous
+    async def _latency(self) -> None:
+        if self.faults.latency > 0:
+            self.stats["faults:latency"] += 1
+            await anyio.sleep(self.faults.latency)

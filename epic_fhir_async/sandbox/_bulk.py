@@ -42,7 +42,7 @@ from ._bulk_plan import (
     plan_export,
 )
 from ._clock import SandboxClock
-from ._http import Request, Response, html_404, outcome_response
+from ._http import JSON_UTF8, Request, Response, html_404, outcome_response
 
 __all__ = ["TOO_RECENT_TEXT", "BulkExports"]
 
@@ -280,7 +280,7 @@ class BulkExports:
             "output": [self._entry(job, f) for f in job.outputs],
             "error": [self._entry(job, f) for f in job.errors],
         }
-        return Response(200, [("content-type", "application/json; charset=utf-8")], _json.dumps(manifest))
+        return Response(200, [("content-type", JSON_UTF8)], _json.dumps(manifest))
 
     def _entry(self, job: _Job, file: BulkFile) -> dict[str, Any]:
         return {

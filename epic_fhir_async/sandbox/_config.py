@@ -1,4 +1,7 @@
-"""The sandbox's configuration: a frozen :class:`SandboxConfig` and the runtime-mutable :class:`SandboxFaults`."""
+"""The sandbox's configuration: a frozen :class:`SandboxConfig` and the runtime-mutable :class:`SandboxFaults`.
+
+Defaults are Epic's where Epic's are known (epic-behaviour.md §0 root path, §1.5 JKU cache, §3.5 page sizes).
+"""
 
 from __future__ import annotations
 

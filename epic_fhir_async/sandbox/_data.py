@@ -1,8 +1,9 @@
 """The sandbox's synthetic, deterministic dataset: Epic's named test patients plus seeded generated ones.
 
-``build_dataset(seed, patients)`` is the contract the sandbox app, its search and its bulk export read from
-(see the brief's "Dataset" section). Everything derives from ``random.Random(seed)`` and a fixed anchor date
-(2026-01-01), never the global RNG or the wall clock, so the same seed always gives byte-identical resources.
+``build_dataset(seed, patients)`` is what the sandbox app, its search and its bulk export read from; Epic's
+own test patients keep their real ids and data highlights (epic-behaviour.md §6). Everything derives from
+``random.Random(seed)`` and a fixed anchor date (2026-01-01), never the global RNG or the wall clock, so the
+same seed always gives byte-identical resources.
 Resources are plain JSON-ready dicts without ``meta`` (Epic sends none, epic-behaviour.md §3.11) and reference
 each other relatively (``Patient/<id>``, §3.6). Treat them as read-only: sub-objects are shared between
 resources for speed, so copy a resource (``copy.deepcopy``) before changing it.
@@ -83,13 +84,27 @@ _EMPTY_KIND_RATE = 0.1  # share of generated patients with no data of a given ki
 
 @dataclass
 class Dataset:
-    """The sandbox's resources, indexed for search (the brief's shared contract)."""
+    """The sandbox's resources, indexed for search: what the FHIR server, its search and bulk export read."""
 
     resources: dict[str, dict[str, dict[str, Any]]]  # type -> id -> resource (JSON-ready, no meta)
     by_patient: dict[str, dict[str, list[str]]]  # type -> patient id -> resource ids, newest first
     binaries: dict[str, tuple[str, bytes]]  # Binary id -> (content type, raw bytes)
     patient_ids: list[str]  # Epic's named sandbox patients first, then generated
     group_id: str  # GROUP_ID
+
+    def copy(self) -> Dataset:
+        """A copy whose indexes a sandbox may write to (the resources themselves stay shared, read-only).
+
+        :func:`build_dataset` caches and shares its result, so each sandbox takes a copy: one sandbox's
+        creates and updates must not leak into another's.
+        """
+        return Dataset(
+            resources={t: dict(v) for t, v in self.resources.items()},
+            by_patient={t: {p: list(ids) for p, ids in v.items()} for t, v in self.by_patient.items()},
+            binaries=dict(self.binaries),
+            patient_ids=list(self.patient_ids),
+            group_id=self.group_id,
+        )
 
 
 class _Builder:

@@ -319,24 +319,32 @@ def make_allergy(ctx: PatientContext, allergy_id: str | None = None) -> Built:
     return allergy, age
 
 
+def _completed_event(ctx: PatientContext, resource_type: str, body: dict[str, Any], date_field: str) -> Built:
+    """A ``completed`` resource at one of the patient's encounters (if any), dated ``date_field``.
+
+    Epic's Immunization and Procedure share this shape; the caller adds what follows the date (performer ...).
+    """
+    encounter, age = ctx.encounter()
+    resource: dict[str, Any] = {
+        "resourceType": resource_type,
+        "id": short_id(ctx.rng),
+        "status": "completed",
+        **body,
+    }
+    if encounter is not None:
+        resource["encounter"] = encounter
+    resource[date_field] = timestamp(age)
+    return resource, age
+
+
 def make_immunization(ctx: PatientContext) -> Built:
     """An Immunization with CVX + Epic codings (references its patient as ``patient``)."""
     rng = ctx.rng
     cvx, epic, text = c.IMMUNIZATIONS[rng.randrange(len(c.IMMUNIZATIONS))]
-    encounter, age = ctx.encounter()
-    imm: dict[str, Any] = {
-        "resourceType": "Immunization",
-        "id": short_id(rng),
-        "status": "completed",
-        "vaccineCode": {
-            "coding": [c.coding(c.EPIC_IMM, epic, text), c.coding(c.CVX, cvx, text)],
-            "text": text,
-        },
-        "patient": ctx.subject,
-    }
-    if encounter is not None:
-        imm["encounter"] = encounter
-    imm["occurrenceDateTime"] = timestamp(age)
+    vaccine = {"coding": [c.coding(c.EPIC_IMM, epic, text), c.coding(c.CVX, cvx, text)], "text": text}
+    imm, age = _completed_event(
+        ctx, "Immunization", {"vaccineCode": vaccine, "patient": ctx.subject}, "occurrenceDateTime"
+    )
     imm["primarySource"] = True
     imm["lotNumber"] = f"LOT{rng.randrange(10000, 99999)}"
     imm["performer"] = [{"actor": ctx.practitioner()}]
@@ -347,25 +355,13 @@ def make_procedure(ctx: PatientContext) -> Built:
     """A Procedure with CPT + SNOMED + Epic codings."""
     rng = ctx.rng
     cpt, snomed, text = c.PROCEDURES[rng.randrange(len(c.PROCEDURES))]
-    encounter, age = ctx.encounter()
-    proc: dict[str, Any] = {
-        "resourceType": "Procedure",
-        "id": short_id(rng),
-        "status": "completed",
+    codings = [c.coding(c.EPIC_PROC, cpt, text), c.coding(c.CPT, cpt, text), c.coding(c.SNOMED, snomed, text)]
+    body = {
         "category": concept(c.SNOMED, "103693007", "Diagnostic procedure"),
-        "code": {
-            "coding": [
-                c.coding(c.EPIC_PROC, cpt, text),
-                c.coding(c.CPT, cpt, text),
-                c.coding(c.SNOMED, snomed, text),
-            ],
-            "text": text,
-        },
+        "code": {"coding": codings, "text": text},
         "subject": ctx.subject,
     }
-    if encounter is not None:
-        proc["encounter"] = encounter
-    proc["performedDateTime"] = timestamp(age)
+    proc, age = _completed_event(ctx, "Procedure", body, "performedDateTime")
     proc["performer"] = [{"actor": ctx.practitioner()}]
     return proc, age
 

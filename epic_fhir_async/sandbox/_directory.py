@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import _json
-from ._http import Response
+from ._http import JSON_UTF8, Response
 
 __all__ = ["BRANDS_PATH", "DIRECTORY_PATH", "Directory"]
 
@@ -144,4 +144,4 @@ class Directory:
                 else _brands(entries, f"{origin}{path}")
             )
             body = self._cache[key] = _json.dumps(data)
-        return Response(200, [("content-type", "application/json; charset=utf-8")], body)
+        return Response(200, [("content-type", JSON_UTF8)], body)

@@ -80,6 +80,8 @@ class FaultInjector:
     def after(self, response: Response) -> None:
         """Maybe mark ``response`` to be cut mid-body (``drop_after`` bytes sent, then the connection dies)."""
         if self.faults.drop_rate > 0 and self._rng.random() < self.faults.drop_rate:
+            if response.stream is None and not response.body:
+                return  # nothing to cut (a 202): served, its Content-Length 0 completes it before any drop
             self.stats["faults:drop"] += 1
             # Half the body; streamed bodies (bulk files) are cut after their first 32 KiB (or at their end).
             size = len(response.body)

@@ -13,11 +13,11 @@ from typing import Any, Protocol
 from ._capability import CREATE_TYPES, RESOURCE_TYPES, UPDATE_TYPES, smart_configuration
 from ._clock import SandboxClock
 from ._data import Dataset
-from ._http import Request, Response, html_404, json_response, outcome, outcome_issue
+from ._http import JSON_UTF8, Request, Response, html_404, json_response, outcome, outcome_issue
 from ._metadata import MetadataServer
 from ._operations import match_patients, patient_summary
 from ._paging import Pager, self_link_query
-from ._render import JSON_UTF8, fhir_response
+from ._render import fhir_response
 from ._search import SearchFailure, run_search
 from ._writes import Writer
 

@@ -17,6 +17,8 @@ from .. import _json
 from .._config import EPIC_OUTCOME_SYSTEM
 
 __all__ = [
+    "FHIR_JSON_UTF8",
+    "JSON_UTF8",
     "Request",
     "Response",
     "html_404",
@@ -26,6 +28,9 @@ __all__ = [
     "outcome_issue",
     "outcome_response",
 ]
+
+FHIR_JSON_UTF8 = "application/fhir+json; charset=utf-8"
+JSON_UTF8 = "application/json; charset=utf-8"
 
 
 @dataclass
@@ -56,6 +61,11 @@ class Request:
             raw_query=raw_query,
         )
 
+    @property
+    def content_type(self) -> str:
+        """The media type of the body, lower-case, without parameters (``""`` when there is none)."""
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
     def param(self, name: str) -> str | None:
         """The first value of query parameter ``name``."""
         for key, value in self.query:
@@ -65,10 +75,21 @@ class Request:
 
     def form(self) -> list[tuple[str, str]]:
         """The body as ``application/x-www-form-urlencoded`` pairs (empty when it is not a form)."""
-        ctype = self.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/x-www-form-urlencoded":
+        if self.content_type != "application/x-www-form-urlencoded":
             return []
         return parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+
+    def form_fields(self) -> dict[str, str]:
+        """:meth:`form` as a dict; a repeated field keeps its first value."""
+        return first_values(self.form())
+
+
+def first_values(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Query or form pairs as a dict in which a repeated name keeps its first value."""
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        fields.setdefault(key, value)
+    return fields
 
 
 @dataclass
@@ -97,7 +118,7 @@ def json_response(
     data: Any,
     status: int = 200,
     *,
-    content_type: str = "application/fhir+json; charset=utf-8",
+    content_type: str = FHIR_JSON_UTF8,
     headers: Iterable[tuple[str, str]] = (),
 ) -> Response:
     body = data if isinstance(data, bytes) else _json.dumps(data)
@@ -138,9 +159,7 @@ def outcome(*issues: dict[str, Any]) -> dict[str, Any]:
 
 
 def outcome_response(status: int, *issues: dict[str, Any], content_type: str | None = None) -> Response:
-    return json_response(
-        outcome(*issues), status, content_type=content_type or "application/fhir+json; charset=utf-8"
-    )
+    return json_response(outcome(*issues), status, content_type=content_type or FHIR_JSON_UTF8)
 
 
 def outcome_entry(resource: dict[str, Any]) -> dict[str, Any]:

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .. import _json
-from ._http import Request, Response
+from ._http import JSON_UTF8, Request, Response
+from ._oauth_wire import oauth_error
 
 __all__ = ["IntrospectionEndpoint"]
 
-_JSON_UTF8 = "application/json; charset=utf-8"
 _FORM = "application/x-www-form-urlencoded"
 
 
@@ -31,15 +31,14 @@ class IntrospectionEndpoint:
         self.issuer = issuer
 
     def __call__(self, request: Request) -> Response:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        token = dict(request.form()).get("token") if request.method == "POST" and ctype == _FORM else None
+        form = request.form() if request.method == "POST" and request.content_type == _FORM else []
+        token = dict(form).get("token")
         if not token:
-            body = {"error": "invalid_request", "error_description": None}
-            return Response(400, [("content-type", _JSON_UTF8)], _json.dumps(body))
+            return oauth_error("invalid_request")
         info = self.tokens.describe_token(token)
         answer: dict[str, Any] = {"active": False}
         if info is not None:
             answer = {"active": True, **info, "token_type": "Bearer", "iss": self.issuer()}
         return Response(
-            200, [("content-type", _JSON_UTF8), ("cache-control", "no-store")], _json.dumps(answer)
+            200, [("content-type", JSON_UTF8), ("cache-control", "no-store")], _json.dumps(answer)
         )

@@ -2,8 +2,8 @@
 
 Written against joserfc and the stdlib only: the sandbox never imports the SDK's auth code, so a bug there
 cannot hide a matching bug here. Every rule raises :class:`AssertionRejected` with a short machine reason
-(``"bad_aud"``, ``"replayed_jti"``, ...) that the OAuth server records; the wire answer is always Epic's
-bare ``invalid_client``.
+(``"bad_aud"``, ``"expired"``, ...) that the OAuth server records; the wire answer is always Epic's bare
+``invalid_client``. A replayed ``jti`` is the caller's check (:class:`._oauth_wire.JtiCache`): it needs state.
 """
 
 from __future__ import annotations

@@ -11,12 +11,10 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from .. import _json
-from ._http import Request, Response
+from ._http import FHIR_JSON_UTF8, JSON_UTF8, Request, Response
 
-__all__ = ["FHIR_JSON_UTF8", "JSON_UTF8", "fhir_response", "negotiate", "to_xml"]
+__all__ = ["fhir_response", "negotiate", "to_xml"]
 
-FHIR_JSON_UTF8 = "application/fhir+json; charset=utf-8"
-JSON_UTF8 = "application/json; charset=utf-8"
 XML_UTF8 = "application/xml; charset=utf-8"
 _ECHOED = {
     "application/fhir+json": FHIR_JSON_UTF8,

@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 from ._clock import SandboxClock
 from ._data import Dataset
-from ._http import Request, Response, json_response
+from ._http import JSON_UTF8, Request, Response, first_values, json_response
 from ._idtoken import OIDC_KEYS_PATH, OidcSigner, openid_configuration
 from ._login_page import error_page, login_page
 from ._oauth import OAuthServer
@@ -35,10 +35,10 @@ from ._smart_model import (
 )
 from ._smart_register import JWT_BEARER_GRANT, DynamicClients
 from ._smart_tokens import SmartTokens
+from ._urls import FHIR_PATH, SandboxUrls
 
 __all__ = ["SmartServer"]
 
-_JSON_UTF8 = "application/json; charset=utf-8"
 #: §2.2: scopes that ask for no FHIR data or launch context; only such a pure OIDC login may omit ``aud``.
 _OIDC_ONLY = frozenset({"openid", "fhirUser", "profile", "offline_access", "online_access"})
 #: §2.4: ``smart_style_url`` points at ``.../api/epic/2016/EDI/HTTP/style/<n>/<base64>.json``.
@@ -89,8 +89,7 @@ class SmartServer:
         dataset: Dataset,
         clock: SandboxClock,
         stats: collections.Counter[str],
-        origin: Callable[[], str],
-        root_path: str,
+        urls: SandboxUrls,
     ) -> None:
         self.oauth = oauth
         self.dataset = dataset
@@ -99,8 +98,7 @@ class SmartServer:
         self.settings = SmartSettings()
         self.apps: dict[str, SmartApp] = {}
         self.signer = OidcSigner()
-        self._origin = origin
-        self._root = root_path
+        self.urls = urls
         self._launches: dict[str, Launch] = {}
         self._logins: dict[str, tuple[_Request, float]] = {}
         self.tokens = SmartTokens(
@@ -110,8 +108,8 @@ class SmartServer:
             signer=self.signer,
             clock=clock,
             stats=stats,
-            fhir_base=lambda: self.fhir_base,
-            style_url=lambda: origin() + root_path + _STYLE_PATH,
+            fhir_base=lambda: urls.fhir_base,
+            style_url=lambda: urls.origin + urls.root_path + _STYLE_PATH,
         )
         oauth.add_route("authorize", self._authorize)
         oauth.add_route("authorize/login", self._login)
@@ -122,24 +120,12 @@ class SmartServer:
         oauth.add_route("register", self.dynamic.register)
         oauth.add_grant(JWT_BEARER_GRANT, self.dynamic.jwt_bearer)
         #: Paths outside ``/oauth2/`` that SMART serves (relative to the origin), for the app's router.
+        root = urls.root_path
         self.paths: dict[str, Callable[[Request], Response]] = {
-            root_path + OIDC_KEYS_PATH: self._jwks,
-            root_path + "/api/FHIR/R4/.well-known/openid-configuration": self._openid_configuration,
-            root_path + _STYLE_PATH: lambda _request: json_response(_STYLE, content_type=_JSON_UTF8),
+            root + OIDC_KEYS_PATH: self._jwks,
+            root + FHIR_PATH + "/.well-known/openid-configuration": self._openid_configuration,
+            root + _STYLE_PATH: lambda _request: json_response(_STYLE, content_type=JSON_UTF8),
         }
-
-    # -- URLs -------------------------------------------------------------------------------------------
-    @property
-    def fhir_base(self) -> str:
-        return f"{self._origin()}{self._root}/api/FHIR/R4"
-
-    @property
-    def oauth_url(self) -> str:
-        return f"{self._origin()}{self._root}/oauth2"
-
-    @property
-    def jwks_url(self) -> str:
-        return f"{self._origin()}{self._root}{OIDC_KEYS_PATH}"
 
     # -- registry (EpicSandbox.register_app / mint_launch) -------------------------------------------------
     def add_app(self, app: SmartApp, resource_types: Iterable[str] | None) -> None:
@@ -185,16 +171,14 @@ class SmartServer:
             del self._logins[stale]
         self._logins[session] = (auth, now + self.settings.login_lifetime)
         return login_page(
-            action=f"{self.oauth_url}/authorize/login", session=session, client_id=auth.app.client_id
+            action=f"{self.urls.authorize}/login", session=session, client_id=auth.app.client_id
         )
 
     def _login(self, request: Request) -> Response:
         """The login form's POST: log in as one of Epic's sandbox users, or deny."""
         if request.method != "POST":
             return self._fail("login_not_post")
-        form: dict[str, str] = {}
-        for key, value in request.form():
-            form.setdefault(key, value)
+        form = request.form_fields()
         entry = self._logins.get(form.get("session", ""))
         if entry is None or entry[1] <= self.clock.now():
             return self._fail("unknown_login_session")
@@ -206,7 +190,7 @@ class SmartServer:
         if identity is None:
             self.stats["login_failures"] += 1
             return login_page(
-                action=f"{self.oauth_url}/authorize/login",
+                action=f"{self.urls.authorize}/login",
                 session=form["session"],
                 client_id=auth.app.client_id,
                 error="Invalid username or password.",
@@ -224,10 +208,7 @@ class SmartServer:
                 raise AuthorizeRejected("post_without_launch")
         else:
             raise AuthorizeRejected("bad_method")
-        params: dict[str, str] = {}
-        for key, value in pairs:
-            params.setdefault(key, value)
-        return params
+        return first_values(pairs)
 
     def _validate(self, params: Mapping[str, str]) -> _Request:
         app = self.apps.get(params.get("client_id", ""))
@@ -250,7 +231,7 @@ class SmartServer:
         if aud is None:
             if params.get("launch") or not set(scopes) <= _OIDC_ONLY:
                 raise AuthorizeRejected("missing_aud")  # §2.2: required with launch context since May 2023
-        elif aud != self.fhir_base:
+        elif aud != self.urls.fhir_base:
             raise AuthorizeRejected("invalid_aud")
         challenge = self._challenge(params)
         return _Request(
@@ -331,11 +312,11 @@ class SmartServer:
     # -- discovery ------------------------------------------------------------------------------------------
     def _openid_configuration(self, request: Request) -> Response:
         return json_response(
-            openid_configuration(issuer=self.oauth_url, jwks_uri=self.jwks_url), content_type=_JSON_UTF8
+            openid_configuration(issuer=self.urls.oauth, jwks_uri=self.urls.jwks), content_type=JSON_UTF8
         )
 
     def _jwks(self, request: Request) -> Response:
-        return json_response(self.signer.jwks(), content_type=_JSON_UTF8)
+        return json_response(self.signer.jwks(), content_type=JSON_UTF8)
 
 
 def _redirect(uri: str, **params: str | None) -> Response:

@@ -1,6 +1,9 @@
 """The SMART App Launch part of :class:`~epic_fhir_async.sandbox.EpicSandbox`'s public API (docs/sandbox.md).
 
-A mixin so the app module stays about routing: it checks the test's arguments, then hands them to
+Stands in for Epic's app registration and Hyperspace (epic-behaviour.md §2.2, §2.3, §2.6): a test registers a
+SMART app with the settings Epic's developer site allows (exact redirect URIs, one client authentication
+method, refresh tokens only for confidential clients) and mints EHR launch tokens for a patient and user that
+exist. A mixin so the app module stays about routing: it checks the test's arguments, then hands them to
 :class:`._smart.SmartServer`.
 """
 
@@ -18,7 +21,7 @@ __all__ = ["SmartLaunchMixin"]
 
 
 class SmartLaunchMixin:
-    """SMART apps, EHR launch tokens, the ``sb.smart`` knobs and the SMART/OIDC URLs."""
+    """SMART apps, EHR launch tokens and the ``sb.smart`` knobs."""
 
     _smart: SmartServer
 
@@ -106,18 +109,3 @@ class SmartLaunchMixin:
     @smart.setter
     def smart(self, value: SmartSettings) -> None:
         self._smart.settings = value
-
-    @property
-    def authorize_url(self) -> str:
-        """``<root>/oauth2/authorize``."""
-        return f"{self._smart.oauth_url}/authorize"
-
-    @property
-    def openid_configuration_url(self) -> str:
-        """``<root>/oauth2/.well-known/openid-configuration`` (the id_token issuer's discovery document)."""
-        return f"{self._smart.oauth_url}/.well-known/openid-configuration"
-
-    @property
-    def jwks_url(self) -> str:
-        """Epic's OIDC key URL, ``<root>/api/epic/2019/Security/Open/PublicKeys/530005/OIDC``."""
-        return self._smart.jwks_url

@@ -17,6 +17,7 @@ from joserfc.jwk import KeySet
 
 from .. import _json
 from ._data_people import NAMED_PATIENTS, NAMED_PRACTITIONERS
+from ._oauth_wire import b64url
 
 __all__ = [
     "MYCHART_PASSWORD",
@@ -157,21 +158,17 @@ class Grant:
     nonce: str | None
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def jwt_shaped(kind: str, claims: Mapping[str, Any], *, padding: int = 300) -> str:
     """A long, opaque, JWT-looking string (Epic's codes and launch tokens are JWTs, §2.2): never truncate.
 
     Only the issuing table gives it meaning; ``padding`` random bytes make it as long as Epic's.
     """
-    header = _b64(_json.dumps({"alg": "RS256", "typ": "JWT"}))
+    header = b64url(_json.dumps({"alg": "RS256", "typ": "JWT"}))
     body = {
         **claims,
         "epic.tokentype": kind,
         "jti": secrets.token_urlsafe(24),
-        "pad": _b64(secrets.token_bytes(padding)),
+        "pad": b64url(secrets.token_bytes(padding)),
     }
-    signature = _b64(secrets.token_bytes(256))
-    return f"{header}.{_b64(_json.dumps(body))}.{signature}"
+    signature = b64url(secrets.token_bytes(256))
+    return f"{header}.{b64url(_json.dumps(body))}.{signature}"

@@ -19,22 +19,22 @@ from joserfc.jwk import KeySet
 
 from .. import _json
 from ._clock import SandboxClock
-from ._http import Request, Response, json_response
-from ._jwt import AssertionRejected, load_public_jwks, verify_assertion
-from ._oauth import _INVALID_TOKEN, OAuthServer
+from ._http import JSON_UTF8, Request, Response, json_response
+from ._jwt import AssertionRejected, load_public_jwks
+from ._oauth import OAuthServer
+from ._oauth_wire import INVALID_TOKEN, bearer_failure
 from ._smart_model import Grant
 from ._smart_tokens import GrantRejected, SmartTokens
 
 __all__ = ["JWT_BEARER_GRANT", "DynamicClients"]
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-_JSON_UTF8 = "application/json; charset=utf-8"
 
 
 def _metadata_error(description: str) -> Response:
     # RFC 7591 §3.2.2's error for a bad registration body.
     return json_response(
-        {"error": "invalid_client_metadata", "error_description": description}, 400, content_type=_JSON_UTF8
+        {"error": "invalid_client_metadata", "error_description": description}, 400, content_type=JSON_UTF8
     )
 
 
@@ -54,7 +54,7 @@ class DynamicClients:
     def register(self, request: Request) -> Response:
         """``POST /oauth2/register`` with ``Authorization: Bearer <initial access token>``."""
         if request.method != "POST":
-            return json_response({"error": "invalid_request"}, 405, content_type=_JSON_UTF8)
+            return json_response({"error": "invalid_request"}, 405, content_type=JSON_UTF8)
         header = request.headers.get("authorization")
         check = self.oauth.check_bearer(header, None)
         initial = (header or "").partition(" ")[2].strip()
@@ -62,10 +62,8 @@ class DynamicClients:
         if check.failure is not None or grant is None or initial in self._used:
             self.stats["register_failures"] += 1
             # Not a live, unspent initial access token: the FHIR server's 401 (§3.7 shape).
-            return check.failure or Response(
-                401, [("content-type", _JSON_UTF8), ("www-authenticate", _INVALID_TOKEN)], b""
-            )
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return check.failure or bearer_failure(401, INVALID_TOKEN)
+        if request.content_type != "application/json":
             return _metadata_error("the body must be application/json")
         try:
             body = _json.loads(request.body)
@@ -92,7 +90,7 @@ class DynamicClients:
             "client_id_issued_at": int(self.clock.now()),
             "jwks": {"keys": [k.as_dict(private=False) for k in keys.keys]},
         }
-        return json_response(answer, 201, content_type=_JSON_UTF8)
+        return json_response(answer, 201, content_type=JSON_UTF8)
 
     def jwt_bearer(self, form: Mapping[str, str], request: Request) -> Response:
         """The JWT-bearer grant: an access token for the registered user, bound to the dynamic client."""
@@ -104,19 +102,9 @@ class DynamicClients:
         return self.tokens.respond(grant, refresh=None, with_context=True)
 
     def _verify(self, form: Mapping[str, str]) -> Grant:
-        try:
-            client_id, jti, exp = verify_assertion(
-                form.get("assertion") or "",
-                keys_for=self._keys_for,
-                audience=(self.oauth.token_url, *self.oauth.audiences),
-                now=self.clock.now(),
-            )
-        except AssertionRejected as exc:
-            raise GrantRejected("invalid_grant", exc.reason) from None
-        if form.get("client_id", client_id) != client_id:
-            raise GrantRejected("invalid_client", "client_id_mismatch")
-        if not self.tokens.remember_jti(client_id, jti, exp):
-            raise GrantRejected("invalid_grant", "replayed_jti")
+        client_id = self.tokens.check_client_assertion(
+            form.get("assertion") or "", form, keys_for=self._keys_for, error="invalid_grant"
+        )
         return self._clients[client_id][1]
 
     def _keys_for(self, client_id: str) -> KeySet:

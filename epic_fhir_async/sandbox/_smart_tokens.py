@@ -24,10 +24,11 @@ from joserfc.jwk import KeySet
 
 from .._config import JWT_BEARER_ASSERTION_TYPE
 from ._clock import SandboxClock
-from ._http import Request, Response, json_response
+from ._http import Request, Response
 from ._idtoken import OidcSigner, id_token_claims
 from ._jwt import AssertionRejected, verify_assertion
-from ._oauth import _JSON_UTF8, OAuthServer, _oauth_error, _Seen
+from ._oauth import OAuthServer
+from ._oauth_wire import JtiCache, b64url, oauth_error, token_response
 from ._smart_model import Grant, SmartApp, SmartSettings, dstu2_patient_id, jwt_shaped
 
 __all__ = ["SmartTokens", "s256"]
@@ -37,7 +38,7 @@ _VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")  # RFC 7636 §4.1
 
 def s256(verifier: str) -> str:
     """PKCE S256: base64url(SHA-256(verifier)) without padding (RFC 7636 §4.2)."""
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
+    return b64url(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
 class GrantRejected(Exception):
@@ -106,7 +107,7 @@ class SmartTokens:
         self.style_url = style_url
         self._codes: dict[str, _Code] = {}
         self._refresh: dict[str, _Refresh] = {}
-        self._seen = _Seen()
+        self._seen = JtiCache()
         #: Access tokens from code exchanges -> their grant (dynamic registration's initial tokens, §2.7).
         self.access_grants: dict[str, Grant] = {}
 
@@ -152,9 +153,8 @@ class SmartTokens:
 
     # -- helpers ---------------------------------------------------------------------------------------
     def reject(self, exc: GrantRejected) -> Response:
-        self.oauth.failures.append(exc.reason)
-        self.stats[f"token_failures:{exc.reason}"] += 1
-        return _oauth_error(exc.error)
+        self.oauth.record_failure(exc.reason)
+        return oauth_error(exc.error)
 
     def _authenticate(self, form: Mapping[str, str], request: Request) -> SmartApp:
         """Public (client_id), secret (Basic or client_secret_post) or private_key_jwt (§2.3)."""
@@ -185,29 +185,31 @@ class SmartTokens:
     def _check_assertion(self, form: Mapping[str, str]) -> SmartApp:
         if form.get("client_assertion_type") != JWT_BEARER_ASSERTION_TYPE:
             raise GrantRejected("invalid_client", "bad_assertion_type")
+        client_id = self.check_client_assertion(
+            form.get("client_assertion") or "", form, keys_for=self._keys_for, error="invalid_client"
+        )
+        return self.apps[client_id]
+
+    def check_client_assertion(
+        self, assertion: str, form: Mapping[str, str], *, keys_for: Callable[[str], KeySet], error: str
+    ) -> str:
+        """The client id of a valid, unreplayed assertion (§1.4 rules, §2.3 ``aud`` = the token URL).
+
+        ``error`` goes on the wire for a bad or replayed assertion; a ``client_id`` in the form that names
+        another client is always ``invalid_client``.
+        """
         now = self.clock.now()
         try:
             client_id, jti, exp = verify_assertion(
-                form.get("client_assertion") or "",
-                keys_for=self._keys_for,
-                audience=(self.oauth.token_url, *self.oauth.audiences),
-                now=now,
+                assertion, keys_for=keys_for, audience=self.oauth.assertion_audiences, now=now
             )
         except AssertionRejected as exc:
-            raise GrantRejected("invalid_client", exc.reason) from None
+            raise GrantRejected(error, exc.reason) from None
         if form.get("client_id", client_id) != client_id:
             raise GrantRejected("invalid_client", "client_id_mismatch")
-        if not self.remember_jti(client_id, jti, exp):
-            raise GrantRejected("invalid_client", "replayed_jti")
-        return self.apps[client_id]
-
-    def remember_jti(self, client_id: str, jti: str, exp: float) -> bool:
-        """Record an assertion's ``jti`` until its ``exp``; False when it was already used (a replay)."""
-        self._seen.purge(self.clock.now())
-        if (client_id, jti) in self._seen.jtis:
-            return False
-        self._seen.jtis[(client_id, jti)] = exp
-        return True
+        if not self._seen.remember(client_id, jti, exp, now):
+            raise GrantRejected(error, "replayed_jti")
+        return client_id
 
     def _keys_for(self, client_id: str) -> KeySet:
         app = self.apps.get(client_id)
@@ -287,9 +289,7 @@ class SmartTokens:
             body.update(grant.context)
         if refresh is not None:
             body["refresh_token"] = refresh
-        return json_response(
-            body, content_type=_JSON_UTF8, headers=[("cache-control", "no-store"), ("pragma", "no-cache")]
-        )
+        return token_response(body)
 
     def _id_token(self, grant: Grant) -> str:
         claims = id_token_claims(

@@ -74,6 +74,7 @@ async def world(kind: str, tmp_path: Path, app_key: SigningKey) -> AsyncIterator
     else:
         pem = tmp_path / "key.pem"
         pem.write_bytes(private_key_pem(app_key))
+        pem.chmod(0o600)  # a group-readable key warns (InsecureKeyFileWarning), an error under this suite
         sandbox.register_app(
             "web", redirect_uris=[REDIRECT], jwks=public_jwks(app_key), persistent_access=True
         )

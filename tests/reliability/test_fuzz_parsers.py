@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from epic_fhir_async import EpicFHIRError, FHIRStatusError, TokenRequestError
@@ -32,7 +32,9 @@ from epic_fhir_async._outcome import OperationOutcome
 from epic_fhir_async._retry_after import parse_retry_after
 from epic_fhir_async.auth._token import AccessToken, parse_token_response
 
-FUZZ = settings(max_examples=80, deadline=None)
+FUZZ = settings(
+    max_examples=80, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]
+)
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 json_values = st.recursive(
@@ -236,7 +238,8 @@ def test_token_responses_of_every_shape(data: Any) -> None:
     assert " " not in token.value
     assert math.isfinite(token.expires_at) or token.expires_at == math.inf
     assert token.expires_at >= token.issued_at  # type: ignore[operator]
-    assert token.value not in repr(token) or len(token.value) < 3
+    if len(token.value) >= 8:  # shorter values occur by chance in the repr's numbers
+        assert token.value not in repr(token)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,4 @@
-"""End to end through the sandbox app with raw httpx (no SDK): the whole Bulk $export flow as a client sees it.
-
-Skipped until the sandbox app (``EpicSandbox``) is importable; the bulk server inside it is found by type so
-this file does not depend on the attribute name the app gives it.
-"""
+"""End to end through the sandbox app with raw httpx (no SDK): the whole Bulk $export flow as a client sees it."""
 
 from __future__ import annotations
 
@@ -12,12 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from epic_fhir_async.sandbox._bulk import TOO_RECENT_TEXT, BulkExports
+from epic_fhir_async.sandbox import EpicSandbox
+from epic_fhir_async.sandbox._bulk import TOO_RECENT_TEXT
 from epic_fhir_async.sandbox._data import build_dataset
-
-EpicSandbox: Any = getattr(pytest.importorskip("epic_fhir_async.sandbox"), "EpicSandbox", None)
-if EpicSandbox is None:
-    pytest.skip("the sandbox app is not there yet", allow_module_level=True)
 
 pytestmark = pytest.mark.anyio
 PATIENTS = 12
@@ -26,38 +19,30 @@ GROUP = "e3iabhmS8rsueyz7vaimuiaSmfGvi.QwjVXJANlPOgR83"
 KICKOFF_HEADERS = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
 
 
-def bulk_of(sb: Any) -> BulkExports:
-    """The app's BulkExports (its attributes are public and mutable, so tests set windows on it)."""
-    for value in vars(sb).values():
-        if isinstance(value, BulkExports):
-            return value
-        for inner in getattr(value, "__dict__", {}).values():
-            if isinstance(inner, BulkExports):
-                return inner
-    raise AssertionError("no BulkExports inside the sandbox")
-
-
 @pytest.fixture
-def sandbox() -> Any:
+def sandbox() -> EpicSandbox:
     sb = EpicSandbox(seed=0, patients=PATIENTS)
-    bulk = bulk_of(sb)
+    bulk = sb.bulk  # its attributes are public and mutable, so tests set windows on it
     bulk.export_seconds = 30.0
     bulk.resources_per_file = 40
     return sb
 
 
 @pytest.fixture
-async def http(sandbox: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def http(sandbox: EpicSandbox) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=sandbox.transport()) as client:
         yield client
 
 
-def auth(sb: Any, client_id: str = "bulk-client") -> dict[str, str]:
+def auth(sb: EpicSandbox, client_id: str = "bulk-client") -> dict[str, str]:
     return {"Authorization": f"Bearer {sb.issue_token(client_id=client_id)}"}
 
 
 async def start(
-    sb: Any, http: httpx.AsyncClient, params: dict[str, str] | None = None, client_id: str = "bulk-client"
+    sb: EpicSandbox,
+    http: httpx.AsyncClient,
+    params: dict[str, str] | None = None,
+    client_id: str = "bulk-client",
 ) -> httpx.Response:
     return await http.get(
         f"{sb.base_url}/Group/{GROUP}/$export",
@@ -66,8 +51,8 @@ async def start(
     )
 
 
-async def manifest_of(sb: Any, http: httpx.AsyncClient, status_url: str) -> dict[str, Any]:
-    sb.clock.advance(bulk_of(sb).export_seconds)
+async def manifest_of(sb: EpicSandbox, http: httpx.AsyncClient, status_url: str) -> dict[str, Any]:
+    sb.clock.advance(sb.bulk.export_seconds)
     response = await http.get(status_url, headers=auth(sb))
     assert response.status_code == 200
     data: dict[str, Any] = response.json()
@@ -86,7 +71,7 @@ def owner(resource: dict[str, Any]) -> str:
     return str(holder.get("reference", "")).removeprefix("Patient/")
 
 
-async def test_full_flow(sandbox: Any, http: httpx.AsyncClient) -> None:
+async def test_full_flow(sandbox: EpicSandbox, http: httpx.AsyncClient) -> None:
     kick = await start(sandbox, http, {"_type": "Patient,Observation,Condition"})
     assert kick.status_code == 202
     assert kick.content == b""
@@ -127,7 +112,7 @@ async def test_full_flow(sandbox: Any, http: httpx.AsyncClient) -> None:
     assert sandbox.stats["bulk_files_served"] == len(manifest["output"]) + len(manifest["error"])
 
 
-async def test_kickoff_errors(sandbox: Any, http: httpx.AsyncClient) -> None:
+async def test_kickoff_errors(sandbox: EpicSandbox, http: httpx.AsyncClient) -> None:
     no_prefer = await http.get(
         f"{sandbox.base_url}/Group/{GROUP}/$export",
         headers={"Accept": "application/fhir+json", **auth(sandbox)},
@@ -149,8 +134,8 @@ async def test_kickoff_errors(sandbox: Any, http: httpx.AsyncClient) -> None:
     assert no_token.status_code == 401
 
 
-async def test_too_soon_then_delete_then_files_gone(sandbox: Any, http: httpx.AsyncClient) -> None:
-    bulk_of(sandbox).cooldown_seconds = 120.0
+async def test_too_soon_then_delete_then_files_gone(sandbox: EpicSandbox, http: httpx.AsyncClient) -> None:
+    sandbox.bulk.cooldown_seconds = 120.0
     first = await start(sandbox, http, {"_type": "Patient"})
     status_url = first.headers["Content-Location"]
     again = await start(sandbox, http, {"_type": "Patient"})
@@ -170,8 +155,8 @@ async def test_too_soon_then_delete_then_files_gone(sandbox: Any, http: httpx.As
     assert (await start(sandbox, http, {"_type": "Patient"})).status_code == 202
 
 
-async def test_retention_expiry(sandbox: Any, http: httpx.AsyncClient) -> None:
-    bulk_of(sandbox).retention_seconds = 3600.0
+async def test_retention_expiry(sandbox: EpicSandbox, http: httpx.AsyncClient) -> None:
+    sandbox.bulk.retention_seconds = 3600.0
     status_url = (await start(sandbox, http, {"_type": "Condition"})).headers["Content-Location"]
     manifest = await manifest_of(sandbox, http, status_url)
     sandbox.clock.advance(3600.0)
@@ -179,8 +164,8 @@ async def test_retention_expiry(sandbox: Any, http: httpx.AsyncClient) -> None:
     assert (await http.get(manifest["output"][0]["url"], headers=auth(sandbox))).status_code == 410
 
 
-async def test_big_synthetic_file_streams(sandbox: Any, http: httpx.AsyncClient) -> None:
-    bulk = bulk_of(sandbox)
+async def test_big_synthetic_file_streams(sandbox: EpicSandbox, http: httpx.AsyncClient) -> None:
+    bulk = sandbox.bulk
     bulk.synthetic_observations = 12_000
     bulk.synthetic_per_file = 12_000
     status_url = (await start(sandbox, http, {"_type": "Observation"})).headers["Content-Location"]

@@ -90,6 +90,14 @@ async def get_code(http: httpx.AsyncClient, sb: EpicSandbox, params: dict[str, s
     return query["code"]
 
 
+async def code_for(
+    http: httpx.AsyncClient, sb: EpicSandbox, client_id: str, **params: str
+) -> tuple[str, str]:
+    """Authorize ``client_id`` with a fresh PKCE pair (``params`` override the defaults): ``(code, verifier)``."""
+    verifier, challenge = pkce()
+    return await get_code(http, sb, authorize_params(sb, client_id, challenge, **params)), verifier
+
+
 def code_form(code: str, verifier: str | None, **extra: str) -> dict[str, str]:
     """An ``authorization_code`` token request body (``verifier`` None: no ``code_verifier``)."""
     form = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}

@@ -18,6 +18,7 @@ from .conftest import (
     REDIRECT,
     assertion,
     authorize_params,
+    code_for,
     code_form,
     get_code,
     json_body,
@@ -96,10 +97,7 @@ async def test_ehr_launch_private_key_jwt_client(
         persistent_access=True,
     )
     launch = sb.mint_launch(CAMILA, user="FHIR")
-    verifier, challenge = pkce()
-    code = await get_code(
-        http, sb, authorize_params(sb, "jwt-app", challenge, scope=EHR_SCOPE, launch=launch)
-    )
+    code, verifier = await code_for(http, sb, "jwt-app", scope=EHR_SCOPE, launch=launch)
     response = await token(http, sb, code_form(code, verifier) | assertion(sb, app_key, "jwt-app"))
     assert response.status_code == 200, sb.oauth.last_failure
     body = json_body(response)
@@ -111,8 +109,7 @@ async def test_ehr_launch_private_key_jwt_client(
 
 async def test_app_resource_types_apply_to_its_tokens(sb: EpicSandbox, http: httpx.AsyncClient) -> None:
     sb.register_app("obs-only", redirect_uris=[REDIRECT], resource_types=["Observation"])
-    verifier, challenge = pkce()
-    code = await get_code(http, sb, authorize_params(sb, "obs-only", challenge))
+    code, verifier = await code_for(http, sb, "obs-only")
     body = json_body(await token(http, sb, code_form(code, verifier, client_id="obs-only")))
     assert (await read_patient(http, sb, body["access_token"], CAMILA)).status_code == 403
     sb.clock.advance(3600)  # tokens from these grants expire like backend tokens (401 after expires_in)

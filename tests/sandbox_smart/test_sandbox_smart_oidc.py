@@ -21,10 +21,10 @@ from .conftest import (
     REDIRECT,
     authorize_params,
     basic,
+    code_for,
     code_form,
     get_code,
     json_body,
-    pkce,
     token,
 )
 
@@ -50,16 +50,9 @@ async def test_ehr_launch_id_token_verifies_against_the_published_jwks(
 ) -> None:
     sb.register_app("oidc", redirect_uris=[REDIRECT], client_secret="s")
     launch = sb.mint_launch(DERRICK, user="FHIRTWO")
-    verifier, challenge = pkce()
-    params = authorize_params(
-        sb,
-        "oidc",
-        challenge,
-        scope=EHR_SCOPE + " openid fhirUser profile",
-        launch=launch,
-        nonce="n-0S6_WzA2Mj",
+    code, verifier = await code_for(
+        http, sb, "oidc", scope=EHR_SCOPE + " openid fhirUser profile", launch=launch, nonce="n-0S6_WzA2Mj"
     )
-    code = await get_code(http, sb, params)
     body = json_body(
         await token(http, sb, code_form(code, verifier), headers={"Authorization": basic("oidc", "s")})
     )
@@ -94,11 +87,9 @@ async def test_ehr_launch_id_token_verifies_against_the_published_jwks(
 
 async def test_patient_facing_id_token_names_the_patient(sb: EpicSandbox, http: httpx.AsyncClient) -> None:
     sb.register_app("mychart", redirect_uris=[REDIRECT])
-    verifier, challenge = pkce()
-    params = authorize_params(
-        sb, "mychart", challenge, scope="openid fhirUser launch/patient patient/Patient.read"
+    code, verifier = await code_for(
+        http, sb, "mychart", scope="openid fhirUser launch/patient patient/Patient.read"
     )
-    code = await get_code(http, sb, params)
     body = json_body(await token(http, sb, code_form(code, verifier, client_id="mychart")))
     claims = jwt.decode(body["id_token"], await _published_keys(http, sb), algorithms=["RS256"]).claims
     assert claims["sub"] == CAMILA

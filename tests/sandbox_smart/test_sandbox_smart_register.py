@@ -14,11 +14,9 @@ from .conftest import (
     CAMILA,
     REDIRECT,
     assertion,
-    authorize_params,
+    code_for,
     code_form,
-    get_code,
     json_body,
-    pkce,
     read_patient,
     token,
 )
@@ -29,8 +27,7 @@ JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 async def _initial_token(http: httpx.AsyncClient, sb: EpicSandbox) -> str:
     sb.register_app("mobile-app", redirect_uris=[REDIRECT])
-    verifier, challenge = pkce()
-    code = await get_code(http, sb, authorize_params(sb, "mobile-app", challenge))
+    code, verifier = await code_for(http, sb, "mobile-app")
     body = json_body(await token(http, sb, code_form(code, verifier, client_id="mobile-app")))
     return str(body["access_token"])
 

@@ -12,12 +12,10 @@ from .conftest import (
     CAMILA,
     REDIRECT,
     assertion,
-    authorize_params,
     basic,
+    code_for,
     code_form,
-    get_code,
     json_body,
-    pkce,
     read_patient,
     token,
 )
@@ -33,14 +31,6 @@ def assert_error(sb: EpicSandbox, response: httpx.Response, error: str, reason: 
     assert sb.stats[f"token_failures:{reason}"] >= 1
 
 
-async def _code(
-    http: httpx.AsyncClient, sb: EpicSandbox, client_id: str, scope: str | None = None
-) -> tuple[str, str]:
-    verifier, challenge = pkce()
-    params = authorize_params(sb, client_id, challenge, **({"scope": scope} if scope else {}))
-    return await get_code(http, sb, params), verifier
-
-
 @pytest.fixture
 def public(sb: EpicSandbox) -> str:
     sb.register_app("pub", redirect_uris=[REDIRECT])
@@ -54,7 +44,7 @@ def confidential(sb: EpicSandbox) -> str:
 
 
 async def test_code_is_single_use(sb: EpicSandbox, http: httpx.AsyncClient, public: str) -> None:
-    code, verifier = await _code(http, sb, public)
+    code, verifier = await code_for(http, sb, public)
     assert (await token(http, sb, code_form(code, verifier, client_id=public))).status_code == 200
     assert_error(
         sb, await token(http, sb, code_form(code, verifier, client_id=public)), "invalid_grant", "reused_code"
@@ -65,7 +55,7 @@ async def test_code_is_single_use(sb: EpicSandbox, http: httpx.AsyncClient, publ
 async def test_code_expires_on_the_sandbox_clock(
     sb: EpicSandbox, http: httpx.AsyncClient, public: str
 ) -> None:
-    code, verifier = await _code(http, sb, public)
+    code, verifier = await code_for(http, sb, public)
     sb.clock.advance(sb.smart.code_lifetime)
     assert_error(
         sb,
@@ -89,7 +79,7 @@ async def test_code_expires_on_the_sandbox_clock(
 async def test_code_exchange_checks(
     sb: EpicSandbox, http: httpx.AsyncClient, public: str, change: dict[str, str | None], reason: str
 ) -> None:
-    code, verifier = await _code(http, sb, public)
+    code, verifier = await code_for(http, sb, public)
     form = {k: v for k, v in (code_form(code, verifier, client_id=public) | change).items() if v is not None}
     assert_error(sb, await token(http, sb, form), "invalid_grant", reason)
     if reason != "unknown_code":  # a failed attempt burns the code: the right verifier now fails too
@@ -99,7 +89,7 @@ async def test_code_exchange_checks(
 
 async def test_code_is_bound_to_its_client(sb: EpicSandbox, http: httpx.AsyncClient, public: str) -> None:
     sb.register_app("other", redirect_uris=[REDIRECT])
-    code, verifier = await _code(http, sb, public)
+    code, verifier = await code_for(http, sb, public)
     response = await token(http, sb, code_form(code, verifier, client_id="other"))
     assert_error(sb, response, "invalid_grant", "code_client_mismatch")
 
@@ -122,7 +112,7 @@ async def test_confidential_client_authentication(
     extra: dict[str, str],
     reason: str,
 ) -> None:
-    code, verifier = await _code(http, sb, confidential)
+    code, verifier = await code_for(http, sb, confidential)
     response = await token(http, sb, code_form(code, verifier, **extra), headers=headers)
     assert_error(sb, response, "invalid_client", reason)
     assert sb.stats["tokens_issued"] == 0
@@ -131,7 +121,7 @@ async def test_confidential_client_authentication(
 async def test_client_secret_post_also_works(
     sb: EpicSandbox, http: httpx.AsyncClient, confidential: str
 ) -> None:
-    code, verifier = await _code(http, sb, confidential)
+    code, verifier = await code_for(http, sb, confidential)
     response = await token(http, sb, code_form(code, verifier, client_id=confidential, client_secret=SECRET))
     assert response.status_code == 200, sb.oauth.last_failure
 
@@ -140,7 +130,7 @@ async def test_private_key_jwt_assertion_rules(
     sb: EpicSandbox, http: httpx.AsyncClient, app_key: RSAKey
 ) -> None:
     sb.register_app("jwt", redirect_uris=[REDIRECT], jwks={"keys": [app_key.as_dict(private=False)]})
-    code, verifier = await _code(http, sb, "jwt")
+    code, verifier = await code_for(http, sb, "jwt")
     signed = assertion(sb, app_key, "jwt")
     assert_error(
         sb,
@@ -151,7 +141,7 @@ async def test_private_key_jwt_assertion_rules(
     mismatch = code_form(code, verifier, client_id="someone-else") | signed
     assert_error(sb, await token(http, sb, mismatch), "invalid_client", "client_id_mismatch")
     assert (await token(http, sb, code_form(code, verifier) | signed)).status_code == 200
-    code, verifier = await _code(http, sb, "jwt")
+    code, verifier = await code_for(http, sb, "jwt")
     assert_error(
         sb, await token(http, sb, code_form(code, verifier) | signed), "invalid_client", "replayed_jti"
     )
@@ -161,18 +151,18 @@ async def test_scope_drops_offline_access_and_refresh_follows_registration(
     sb: EpicSandbox, http: httpx.AsyncClient, public: str, confidential: str
 ) -> None:
     scope = "launch/patient patient/Patient.read offline_access"
-    code, verifier = await _code(http, sb, public, scope)
+    code, verifier = await code_for(http, sb, public, scope=scope)
     body = json_body(await token(http, sb, code_form(code, verifier, client_id=public)))
     assert body["scope"] == "launch/patient patient/Patient.read"
     assert "refresh_token" not in body  # public: never (§2.6)
-    code, verifier = await _code(http, sb, confidential, scope)
+    code, verifier = await code_for(http, sb, confidential, scope=scope)
     body = json_body(
         await token(http, sb, code_form(code, verifier), headers={"Authorization": basic("conf", SECRET)})
     )
     assert body["scope"] == "launch/patient patient/Patient.read"  # not echoed, still granted (I-CJS138)
     assert body["refresh_token"]
     sb.register_app("no-persist", redirect_uris=[REDIRECT], client_secret=SECRET)
-    code, verifier = await _code(http, sb, "no-persist", scope)
+    code, verifier = await code_for(http, sb, "no-persist", scope=scope)
     body = json_body(
         await token(
             http, sb, code_form(code, verifier), headers={"Authorization": basic("no-persist", SECRET)}
@@ -185,7 +175,7 @@ async def test_indefinite_refresh_keeps_one_token(
     sb: EpicSandbox, http: httpx.AsyncClient, confidential: str
 ) -> None:
     auth = {"Authorization": basic("conf", SECRET)}
-    code, verifier = await _code(http, sb, confidential)
+    code, verifier = await code_for(http, sb, confidential)
     first = json_body(await token(http, sb, code_form(code, verifier), headers=auth))
     sb.clock.advance(3600)  # the access token has expired...
     assert (await read_patient(http, sb, first["access_token"], CAMILA)).status_code == 401
@@ -213,7 +203,7 @@ async def test_rolling_refresh_rotates_and_keeps_the_first_expiry(
         "roll", redirect_uris=[REDIRECT], client_secret=SECRET, persistent_access=True, refresh_lifetime=7200
     )
     auth = {"Authorization": basic("roll", SECRET)}
-    code, verifier = await _code(http, sb, "roll")
+    code, verifier = await code_for(http, sb, "roll")
     current = json_body(await token(http, sb, code_form(code, verifier), headers=auth))["refresh_token"]
     sb.clock.advance(3600)
     body = json_body(

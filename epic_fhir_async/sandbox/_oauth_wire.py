@@ -1,0 +1,75 @@
+"""What Epic's OAuth server puts on the wire, shared by the backend and the SMART token paths.
+
+epic-behaviour.md §1.7: every token failure is a bare ``{"error": ..., "error_description": null}`` (400); token
+responses carry ``Cache-Control: no-store``. §3.7: a missing, bad or expired bearer token gets 401 with an
+empty body that still claims a JSON content type, plus a ``WWW-Authenticate`` challenge (403
+``insufficient_scope`` for a type the client may not read). §1.4: a client assertion's ``jti`` is single-use
+until its ``exp``. Epic's tokens, codes and launch tokens are JWT-shaped (§1.6, §2.2): :func:`b64url` builds
+them.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._http import JSON_UTF8, Response, json_response
+
+__all__ = [
+    "INSUFFICIENT_SCOPE",
+    "INVALID_TOKEN",
+    "JtiCache",
+    "b64url",
+    "bearer_failure",
+    "oauth_error",
+    "token_response",
+]
+
+INVALID_TOKEN = 'Bearer error="invalid_token", error_description="The access token provided is not valid"'
+INSUFFICIENT_SCOPE = (
+    'Bearer error="insufficient_scope", '
+    'error_description="The access token provided is valid, but is not authorized for this service"'
+)
+
+
+def oauth_error(error: str, *, with_null_description: bool = True) -> Response:
+    """Epic's 400 token-endpoint error; ``error_description`` is literally null (§1.7) unless left out."""
+    body: dict[str, Any] = {"error": error}
+    if with_null_description:
+        body["error_description"] = None
+    return json_response(body, 400, content_type=JSON_UTF8)
+
+
+def token_response(body: Mapping[str, Any]) -> Response:
+    """A 200 token response: never cached (RFC 6749 §5.1)."""
+    return json_response(
+        body, content_type=JSON_UTF8, headers=[("cache-control", "no-store"), ("pragma", "no-cache")]
+    )
+
+
+def bearer_failure(status: int, challenge: str) -> Response:
+    """§3.7: empty body but still a JSON content type, and the challenge, exactly as Epic answers."""
+    return Response(status, [("content-type", JSON_UTF8), ("www-authenticate", challenge)], b"")
+
+
+def b64url(data: bytes) -> str:
+    """Base64url without padding, as in a JWT segment."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+@dataclass
+class JtiCache:
+    """Client-assertion ``jti``s seen, each kept until its assertion's ``exp`` (replays are refused, §1.4)."""
+
+    jtis: dict[tuple[str, str], float] = field(default_factory=dict)  # (client, jti) -> assertion exp
+
+    def remember(self, client_id: str, jti: str, exp: float, now: float) -> bool:
+        """Record ``jti`` for ``client_id`` until ``exp``; False when it is a replay."""
+        for key in [k for k, expires in self.jtis.items() if expires <= now]:
+            del self.jtis[key]
+        if (client_id, jti) in self.jtis:
+            return False
+        self.jtis[(client_id, jti)] = exp
+        return True
