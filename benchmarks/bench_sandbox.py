@@ -74,8 +74,10 @@ async def _run(repeat: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeat", type=int, default=30)
+    # Every benchmark takes --quick (``python -m benchmarks -- --quick`` passes it to all of them).
+    parser.add_argument("--quick", action="store_true", help="5 repeats instead of 30")
     args = parser.parse_args(argv)
-    anyio.run(_run, args.repeat)
+    anyio.run(_run, 5 if args.quick else args.repeat)
 
 
 if __name__ == "__main__":

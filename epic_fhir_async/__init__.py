@@ -9,6 +9,8 @@ Everything public is re-exported here; modules whose names start with ``_`` are 
 
 from __future__ import annotations
 
+import logging as _logging
+
 from ._bulk import BulkExportJob as BulkExportJob
 from ._bulk_download import BulkDownloadResult as BulkDownloadResult
 from ._bulk_download import BulkTransferStats as BulkTransferStats
@@ -27,6 +29,7 @@ from ._errors import AuthorizationDenied as AuthorizationDenied
 from ._errors import BadRequest as BadRequest
 from ._errors import BulkExportError as BulkExportError
 from ._errors import BulkExportTooSoon as BulkExportTooSoon
+from ._errors import ClientClosed as ClientClosed
 from ._errors import CodeExchangeError as CodeExchangeError
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import Conflict as Conflict
@@ -86,6 +89,10 @@ from .auth import load_private_keys as load_private_keys
 from .auth import private_key_pem as private_key_pem
 from .auth import public_jwks as public_jwks
 
+# A library adds only a NullHandler: records go where the application's logging config sends them, and
+# nowhere (not to logging's last-resort stderr handler) when it has none.
+_logging.getLogger("epic_fhir_async").addHandler(_logging.NullHandler())
+
 # -- core client (issue: Core) --
 # -- auth (issue: Auth) --
 # -- pull (issue: Pull) --
@@ -108,6 +115,7 @@ __all__ = [
     "BulkProgress",
     "BulkResourceStream",
     "BulkTransferStats",
+    "ClientClosed",
     "ClientSecretAuth",
     "CodeExchangeError",
     "ConfigurationError",

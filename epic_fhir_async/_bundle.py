@@ -24,6 +24,8 @@ class Page:
     ``resources`` are the match entries (``search.mode`` ``"match"`` or absent); ``included`` the
     ``"include"`` entries; ``outcomes`` the parsed OperationOutcomes; ``total`` is ``Bundle.total`` (on Epic
     it equals the page size when paged: use ``SearchQuery.count()``); ``raw`` the whole Bundle.
+
+    ``repr()`` shows counts only: resources are patient data and the next link carries a session id.
     """
 
     resources: list[dict[str, Any]]
@@ -32,6 +34,12 @@ class Page:
     next_url: str | None
     total: int | None
     raw: dict[str, Any] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"Page(resources={len(self.resources)}, included={len(self.included)}, "
+            f"outcomes={len(self.outcomes)}, total={self.total}, has_next={self.next_url is not None})"
+        )
 
 
 def next_link(bundle: Mapping[str, Any]) -> str | None:

@@ -17,7 +17,8 @@ from ._config import (
     MAX_RESPONSE_BYTES,
     USER_AGENT,
 )
-from ._errors import ConfigurationError, EpicFHIRError, redact_url
+from ._errors import ClientClosed, ConfigurationError, EpicFHIRError, redact_url
+from ._fhir_ids import check_id, check_operation, check_type
 from ._http_layer import HTTPLayer
 from ._retry import RetryPolicy, RetryTransport
 from ._search import SearchQuery
@@ -45,6 +46,7 @@ class EpicFHIRClient(HTTPLayer):
     token requests included. Plain ``http://`` is refused except on loopback (or with your own client).
     ``max_response_bytes`` bounds a JSON response body and ``max_ndjson_line_bytes`` one line of a bulk file,
     so a hostile server cannot exhaust memory (:class:`ResponseTooLarge`; ``None`` lifts the first limit).
+    Once closed (``aclose()`` or the end of ``async with``) every call raises :class:`ClientClosed`.
     """
 
     def __init__(
@@ -62,6 +64,9 @@ class EpicFHIRClient(HTTPLayer):
         max_response_bytes: int | None = MAX_RESPONSE_BYTES,
         max_ndjson_line_bytes: int = MAX_NDJSON_LINE_BYTES,
     ) -> None:
+        _check_auth(auth)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         url = httpx.URL(str(base_url).rstrip("/"))
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigurationError("base_url must be an absolute http(s) URL of the FHIR R4 base")
@@ -104,6 +109,8 @@ class EpicFHIRClient(HTTPLayer):
         return f"EpicFHIRClient({redact_url(self.base_url)!r})"
 
     async def __aenter__(self) -> EpicFHIRClient:
+        if self.http.is_closed:
+            raise ClientClosed(self._closed_message())
         return self
 
     async def __aexit__(
@@ -124,8 +131,13 @@ class EpicFHIRClient(HTTPLayer):
         return result
 
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
-        """``GET [type]/[id]``; unknown ids raise :class:`NotFound` (Epic code 59008)."""
-        result: dict[str, Any] = await self._json("GET", f"{resource_type}/{resource_id}")
+        """``GET [type]/[id]``; unknown ids raise :class:`NotFound` (Epic code 59008).
+
+        A type or id that is not a valid FHIR name raises :class:`ConfigurationError` before anything is sent
+        (``"patient"``, ``"../metadata"``, an id with ``/``, ``?``, ``#`` or spaces).
+        """
+        path = f"{check_type(resource_type)}/{check_id(resource_id)}"
+        result: dict[str, Any] = await self._json("GET", path)
         return result
 
     def search(self, resource_type: str, /, **params: Any) -> SearchQuery:
@@ -173,12 +185,13 @@ class EpicFHIRClient(HTTPLayer):
 
     async def create(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
         """``POST [type]``; returns the created resource when the server sends one (never retried)."""
-        response = await self.request("POST", str(resource["resourceType"]), json=resource)
+        response = await self.request("POST", check_type(_field(resource, "resourceType")), json=resource)
         return self.decode(response) if response.content else None
 
     async def update(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
         """``PUT [type]/[id]``; returns the updated resource when the server sends one."""
-        path = f"{resource['resourceType']}/{resource['id']}"
+        resource_type = check_type(_field(resource, "resourceType"))
+        path = f"{resource_type}/{check_id(_field(resource, 'id'))}"
         response = await self.request("PUT", path, json=resource)
         return self.decode(response) if response.content else None
 
@@ -193,8 +206,12 @@ class EpicFHIRClient(HTTPLayer):
         method: str = "GET",
     ) -> dict[str, Any]:
         """Run ``$name`` at system, type or instance level (``Patient/$match`` is POST with Parameters)."""
-        op = name if name.startswith("$") else f"${name}"
-        path = "/".join(p for p in (type, id, op) if p)
+        parts = [] if type is None else [check_type(type)]
+        if id is not None:
+            if type is None:
+                raise ConfigurationError("an instance-level operation needs type= as well as id=")
+            parts.append(check_id(id))
+        path = "/".join([*parts, check_operation(name)])
         if parameters is not None:
             method = "POST"
         result: dict[str, Any] = await self._json(method, path, params=params, json=parameters)
@@ -205,7 +222,7 @@ class EpicFHIRClient(HTTPLayer):
     ) -> tuple[bytes, str]:
         """Raw bytes and Content-Type of a ``Binary`` (id, ``Binary/<id>`` or same-origin URL), asking ``Accept``
         ``content_type`` (Epic serves DocumentReference notes as text/html and text/rtf)."""
-        target = url_or_id if ("/" in url_or_id or "://" in url_or_id) else f"Binary/{url_or_id}"
+        target = _binary_target(url_or_id)
         response = await self.request("GET", target, headers={"Accept": content_type})
         return response.content, response.headers.get("content-type", content_type)
 
@@ -246,6 +263,8 @@ class EpicFHIRClient(HTTPLayer):
         """
         from ._bulk_kickoff import BulkExportStart
 
+        if group_id is not None:
+            check_id(group_id, what="group id")
         return BulkExportStart(
             self,
             group_id=group_id,
@@ -280,3 +299,42 @@ class EpicFHIRClient(HTTPLayer):
     async def _next_page(self, next_url: str) -> Page:
         # Verbatim next link (Epic's sessionID, §3.5); another origin raises UnsafeURLError in url().
         return parse_page(self.decode(await self.request("GET", next_url)))
+
+
+def _check_auth(auth: object) -> None:
+    if auth is None or isinstance(auth, EpicAuth):
+        return
+    if isinstance(auth, (str, bytes)):
+        # The string is most likely a bearer token: never shown.
+        raise ConfigurationError(
+            'auth must be an EpicAuth, not a string: wrap a bearer token as auth=StaticTokenAuth("...") '
+            "(or use BackendServicesAuth / SmartAuth to get tokens)"
+        )
+    raise ConfigurationError(
+        f"auth must be an EpicAuth (BackendServicesAuth, StaticTokenAuth, SmartAuth, ...), got {type(auth).__name__}"
+    )
+
+
+def _field(resource: Mapping[str, Any], name: str) -> Any:
+    if not isinstance(resource, Mapping):
+        raise ConfigurationError(f"expected a FHIR resource (a dict), got {type(resource).__name__}")
+    if name not in resource:
+        raise ConfigurationError(f"the resource has no {name!r}: set it before sending")
+    return resource[name]
+
+
+def _binary_target(url_or_id: str) -> str:
+    """A Binary id, a relative ``Binary/<id>`` reference (Epic's attachments, §3.10) or an absolute URL or path
+    (left to :meth:`HTTPLayer.url`, which refuses other origins)."""
+    if not isinstance(url_or_id, str):
+        raise ConfigurationError(f"expected a Binary id or URL, got {type(url_or_id).__name__}")
+    if "://" in url_or_id or url_or_id.startswith("/"):
+        return url_or_id
+    kind, slash, rest = url_or_id.partition("/")
+    if not slash:
+        return f"Binary/{check_id(url_or_id, what='Binary id')}"
+    if kind != "Binary":
+        raise ConfigurationError(
+            "a relative attachment URL must be 'Binary/<id>' (as Epic sends them); pass an absolute URL otherwise"
+        )
+    return f"Binary/{check_id(rest, what='Binary id')}"

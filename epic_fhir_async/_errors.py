@@ -21,14 +21,16 @@
     ├── PagingError                 a next link that repeats, an expired paging session twice
     │   └── SessionExpired          Epic's 4113 "Session ID for cached search results has expired."
     ├── UnsafeURLError              a URL on another origin would have received the bearer token
+    ├── ClientClosed                the client was used after aclose() / its ``async with`` (also a RuntimeError)
     ├── ResponseTooLarge            a body or NDJSON line beyond the configured size limit
     ├── PullError                   a (patient, query) stream of a pull failed
     └── BulkExportError             anything about $export
         └── BulkExportTooSoon       "The Client requested this Group too recently."
 
-``str(error)`` names the status, the method, the URL without its query string and the first
-OperationOutcome diagnostics. It never contains a header value, a token or a query string (FHIR query
-strings carry patient identifiers).
+``str(error)`` names the status, the method, the URL (ids masked, no query string: :func:`redact_url`) and
+each OperationOutcome issue's severity, code and Epic code text. It never contains a header value, a token, a
+query string or an issue's ``diagnostics`` (Epic fills them with patient data at times): those stay on
+``error.operation_outcome`` / ``error.issues``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ import httpx
 
 from . import _json
 from ._config import JSON_CONTENT_TYPES
-from ._outcome import OperationOutcome
+from ._outcome import OperationOutcome, OutcomeIssue
+from ._redact import redact_url
 
 __all__ = [
     "AuthError",
@@ -49,6 +52,7 @@ __all__ = [
     "BadRequest",
     "BulkExportError",
     "BulkExportTooSoon",
+    "ClientClosed",
     "CodeExchangeError",
     "ConfigurationError",
     "Conflict",
@@ -77,16 +81,10 @@ __all__ = [
     "UntrustedIssuer",
     "error_from_response",
     "join_url",
+    "outcome_summary",
     "parse_www_authenticate",
     "redact_url",
 ]
-
-
-def redact_url(url: httpx.URL | str) -> str:
-    """The URL without query, fragment or user info: what is safe to show in logs and errors."""
-    u = httpx.URL(str(url))
-    port = f":{u.port}" if u.port is not None else ""
-    return f"{u.scheme}://{u.host}{port}{u.path}" if u.host else u.path
 
 
 class EpicFHIRError(Exception):
@@ -234,6 +232,11 @@ class FHIRStatusError(EpicFHIRError):
         self.operation_outcome = operation_outcome
         self.www_authenticate: Mapping[str, str] = dict(www_authenticate or {})
 
+    @property
+    def issues(self) -> tuple[OutcomeIssue, ...]:
+        """Every OperationOutcome issue, ``diagnostics`` included (kept out of ``str()``: may be patient data)."""
+        return self.operation_outcome.issues if self.operation_outcome is not None else ()
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(status_code={self.status_code}, method={self.method!r}, url={self.url!r})"
@@ -304,6 +307,11 @@ class SessionExpired(PagingError):
 
 class UnsafeURLError(EpicFHIRError):
     """A URL points outside the FHIR server's origin, so it must not receive the bearer token."""
+
+
+class ClientClosed(EpicFHIRError, RuntimeError):
+    """The client was used after ``aclose()`` (or after its ``async with`` block ended): create a new one, or
+    keep the calls inside the block. Also a ``RuntimeError``, which httpx raised here before."""
 
 
 class ResponseTooLarge(EpicFHIRError):
@@ -433,6 +441,26 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return parse_retry_after(response.headers.get("retry-after"))
 
 
+def _issue_summary(issue: OutcomeIssue) -> str:
+    # Severity, code and Epic's code text (a fixed table, §3.8) only: diagnostics and free text can name a
+    # patient, so they stay on the error object.
+    epic = issue.epic_code
+    text = f"{issue.severity or '?'}/{issue.code or '?'}"
+    if epic:
+        text += f" [{epic}]"
+        if issue.details_text:
+            text += f" {issue.details_text}"
+    return text
+
+
+def outcome_summary(outcome: OperationOutcome) -> str:
+    """A one-line summary of ``outcome`` safe for messages and logs (no ``diagnostics``)."""
+    text = "; ".join(_issue_summary(issue) for issue in outcome.issues) or "OperationOutcome without issues"
+    if any(issue.diagnostics for issue in outcome.issues):
+        text += " (diagnostics withheld: see .issues)"
+    return text
+
+
 def error_from_response(response: httpx.Response) -> FHIRStatusError:
     """Build the typed error for an error ``response`` whose body has been read."""
     request = response.request
@@ -449,7 +477,7 @@ def error_from_response(response: httpx.Response) -> FHIRStatusError:
         except ValueError:
             outcome = None
     if outcome is not None and outcome.issues:
-        detail = str(outcome)
+        detail = outcome_summary(outcome)
     elif not body.strip():
         detail = _explain_empty(status, challenge)
     else:
@@ -466,5 +494,9 @@ def error_from_response(response: httpx.Response) -> FHIRStatusError:
         "www_authenticate": challenge,
     }
     if cls is RateLimited:
-        return RateLimited(message, retry_after=retry_after_seconds(response), **kwargs)
+        wait = retry_after_seconds(response)
+        if wait is not None:
+            shown = f"{wait:.0f}" if wait >= 1 else f"{wait:.1f}"
+            message += f" (the server asked to retry after {shown} s)"
+        return RateLimited(message, retry_after=wait, **kwargs)
     return cls(message, **kwargs)

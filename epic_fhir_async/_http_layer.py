@@ -19,6 +19,7 @@ import httpx
 from . import _json
 from ._config import FHIR_JSON, JSON_CONTENT_TYPES
 from ._errors import (
+    ClientClosed,
     EpicFHIRError,
     RequestTimeout,
     TransportError,
@@ -70,6 +71,17 @@ class HTTPLayer:
     _base_prefix: str
     _send_headers: dict[str, str] | None
     _read_body: int | bool
+    _owns_http: bool
+
+    def _closed_message(self) -> str:
+        if self._owns_http:
+            return (
+                "this EpicFHIRClient is closed (aclose() was called or its `async with` block ended): make the "
+                "calls inside the block, or create a new client"
+            )
+        return (
+            "the http_client given to this EpicFHIRClient is closed: keep it open while the client is in use"
+        )
 
     # -- URLs -------------------------------------------------------------------------------------------
 
@@ -99,6 +111,8 @@ class HTTPLayer:
     async def _send(
         self, request: httpx.Request, *, stream: bool, allow_foreign_origin: bool
     ) -> httpx.Response:
+        if self.http.is_closed:  # httpx would raise a bare RuntimeError
+            raise ClientClosed(self._closed_message())
         auth = self.auth
         foreign = not same_origin(request.url, self.base_url)
         for _ in range(_MAX_REDIRECTS + 1):

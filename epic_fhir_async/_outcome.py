@@ -35,7 +35,8 @@ class OutcomeIssue:
     details_code: str | None = None
     details_system: str | None = None
     details_text: str | None = None
-    diagnostics: str | None = None
+    # Free text: Epic puts patient names, MRNs and search values there, so it stays out of repr() and str().
+    diagnostics: str | None = field(default=None, repr=False)
     location: tuple[str, ...] = ()
     expression: tuple[str, ...] = ()
 
@@ -115,5 +116,8 @@ class OperationOutcome:
         parts = []
         for issue in self.issues:
             code = f" [{issue.epic_code}]" if issue.epic_code else ""
-            parts.append(f"{issue.severity or '?'}/{issue.code or '?'}{code}: {issue.message}")
+            # details.text is Epic's fixed text for the code; diagnostics may hold patient data (logs, tracebacks).
+            text = issue.details_text or issue.code or "unknown issue"
+            withheld = " (diagnostics withheld: see .issues)" if issue.diagnostics else ""
+            parts.append(f"{issue.severity or '?'}/{issue.code or '?'}{code}: {text}{withheld}")
         return "; ".join(parts) or "OperationOutcome without issues"

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -37,83 +36,24 @@ from ._checkpoint import StreamCheckpoint
 from ._config import LOGGER_NAME
 from ._errors import ConfigurationError, PullError
 from ._outcome import OperationOutcome
-from ._pull_plan import EpicExpansion, PullQuery, expand_queries
-from ._pull_types import ProgressEvent, PullFailure, PullItem, PullProgress, StreamOutcomes
+from ._pull_plan import EpicExpansion, PatientIds, PullQuery, expand_queries, unique_ids
+from ._pull_types import (
+    Chunk,
+    Counters,
+    ProgressEvent,
+    PullFailure,
+    PullItem,
+    PullProgress,
+    Searcher,
+    StreamOutcomes,
+    stops_everything,
+)
 
 __all__ = ["PullStream", "pull"]
 
 logger = logging.getLogger(f"{LOGGER_NAME}.pull")
 
 OnError = Literal["raise", "collect"]
-PatientIds = Iterable[str] | AsyncIterable[str]
-
-
-class _Page(Protocol):
-    @property
-    def resources(self) -> Sequence[dict[str, Any]]: ...
-    @property
-    def outcomes(self) -> Sequence[OperationOutcome]: ...
-
-
-class _Search(Protocol):
-    def pages(self) -> AsyncIterator[Any]: ...
-
-
-class Searcher(Protocol):
-    """What a pull needs from the client: ``search(type, **params)`` returning a query with ``.pages()``."""
-
-    def search(self, resource_type: str, /, **params: Any) -> Any: ...
-
-
-@dataclass(slots=True)
-class _Chunk:
-    """One message from a stream: a page of resources, or its end (``last``, with outcomes or an error)."""
-
-    patient_id: str
-    query: str
-    resources: Sequence[dict[str, Any]]
-    last: bool = False
-    outcomes: tuple[OperationOutcome, ...] = ()
-    error: Exception | None = None
-
-
-@dataclass(slots=True)
-class _Counters:
-    streams_total: int | None = None
-    streams_done: int = 0
-    streams_failed: int = 0
-    streams_skipped: int = 0
-    patients_seen: int = 0
-    patients_done: int = 0
-    pages: int = 0
-    resources: int = 0
-    remaining: dict[str, int] = field(
-        default_factory=dict
-    )  # patient -> streams not finished (in flight only)
-
-
-def _check_id(patient_id: object) -> str:
-    if not isinstance(patient_id, str) or not patient_id:
-        raise ConfigurationError("patient ids must be non-empty strings (FHIR ids)")
-    return patient_id
-
-
-async def _aiter_ids(patients: PatientIds) -> AsyncGenerator[str, None]:
-    if isinstance(patients, AsyncIterable):
-        iterator = aiter(patients)
-        try:
-            async for pid in iterator:
-                yield _check_id(pid)
-        finally:
-            # An async generator of ids is ours alone once handed to the pull: close it here, in this task,
-            # rather than leave it to the garbage collector (which trio reports as an error).
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
-    else:
-        for pid in patients:
-            yield _check_id(pid)
 
 
 class PullStream:
@@ -121,6 +61,19 @@ class PullStream:
 
     ``failures`` lists the failed streams (``on_error="collect"``); ``outcomes`` the Epic warnings per
     stream (when ``keep_outcomes``); ``progress`` is the latest counter snapshot.
+
+    Errors: a stream's own failure (404, a 403 for one patient, an OperationOutcome error, a 5xx after the
+    retries) raises :class:`PullError` naming its ``patient_id`` and ``query`` at once with
+    ``on_error="raise"``, and is appended to ``failures`` with ``on_error="collect"``. A failure that is not
+    about one patient (the credentials or setup: :class:`AuthError` such as :class:`TokenRequestError` or
+    :class:`ConfigurationError`, a token endpoint or SMART discovery that cannot be reached, a 401 after the
+    auth's refresh and replay) ends the pull in both modes: every stream is cancelled, the pages already
+    fetched are still handed out (and finished streams checkpointed as usual), then iteration raises
+    :class:`PullError` with ``patient_id=None`` and the real error as ``__cause__``. The failure costs one
+    token round however many streams wait (:class:`TokenManager`): one token request, or two when the answer
+    looks transient (5xx, no connection, Epic's bare ``invalid_client``) and is retried once; one discovery.
+    Patient ids are pulled once each: repeats in ``patients`` are skipped (first-seen order is kept).
+    The ``repr`` shows counts and query labels only, never a patient id or a resource.
     """
 
     def __init__(
@@ -149,26 +102,36 @@ class PullStream:
         self._retries = retries
         self.failures: list[PullFailure] = []
         self.outcomes: list[StreamOutcomes] = []
-        self._c = _Counters()
+        self._c = Counters()
         hint = operator.length_hint(patients, -1)  # lists, tuples, or any object with __length_hint__
         if hint >= 0:
             self._c.streams_total = hint * len(queries)
         self._tg: anyio.abc.TaskGroup | None = None
         self._streams_scope: anyio.CancelScope | None = None
-        self._send: MemoryObjectSendStream[_Chunk] | None = None
-        self._receive: MemoryObjectReceiveStream[_Chunk] | None = None
-        self._chunk: _Chunk | None = None
+        self._send: MemoryObjectSendStream[Chunk] | None = None
+        self._receive: MemoryObjectReceiveStream[Chunk] | None = None
+        self._chunk: Chunk | None = None
         self._index = 0
         self._fatal: BaseException | None = None
+        self._drain = False  # deliver the pages already fetched before raising _fatal
         self._held: set[object] = set()
         self._started_at = 0.0
         self._state: Literal["new", "running", "closed"] = "new"
+
+    def __repr__(self) -> str:
+        c = self._c
+        queries = ", ".join(q.label for q in self.queries)
+        return (
+            f"PullStream(state={self._state!r}, queries=[{queries}], patients_seen={c.patients_seen}, "
+            f"streams_done={c.streams_done}, streams_failed={c.streams_failed}, resources={c.resources}, "
+            f"failures={len(self.failures)})"
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def __aenter__(self) -> PullStream:
         if self._state != "new":
             raise RuntimeError("a PullStream can be entered only once")
-        self._send, self._receive = anyio.create_memory_object_stream[_Chunk](self._buffer)
+        self._send, self._receive = anyio.create_memory_object_stream[Chunk](self._buffer)
         self._started_at = anyio.current_time()
         self._emit("started")
         tg = anyio.create_task_group()
@@ -209,7 +172,7 @@ class PullStream:
 
     async def __anext__(self) -> PullItem:
         while True:
-            if self._fatal is not None:
+            if self._fatal is not None and not self._drain:
                 raise self._fatal
             chunk = self._chunk
             if chunk is not None:
@@ -234,7 +197,7 @@ class PullStream:
                 raise StopAsyncIteration
             self._index = 0
 
-    async def _finish_stream(self, chunk: _Chunk) -> None:
+    async def _finish_stream(self, chunk: Chunk) -> None:
         # Runs in the consumer's task after the stream's last resource was consumed: the point where a
         # checkpoint may record the stream as complete.
         c = self._c
@@ -268,7 +231,7 @@ class PullStream:
             async with anyio.create_task_group() as streams:
                 self._streams_scope = streams.cancel_scope
                 try:
-                    async with aclosing(_aiter_ids(self._patients)) as patient_ids:
+                    async with aclosing(unique_ids(self._patients)) as patient_ids:
                         async for patient_id in patient_ids:
                             c.patients_seen += 1
                             todo = [
@@ -297,56 +260,88 @@ class PullStream:
             send.close()
 
     async def _run_stream(self, patient_id: str, query: PullQuery, token: object) -> None:
-        assert self._send is not None
-        send = self._send
         c = self._c
         outcomes: list[OperationOutcome] = []
         label = query.label
+        pages: AsyncIterator[Any] | None = None
+        failed: Exception | None = None
         try:
             try:
-                search = self._client.search(query.resource_type, **query.params_for(patient_id))
-                pages = search.pages()
-                try:
-                    async for page in pages:
-                        resources = page.resources
-                        c.pages += 1
-                        c.resources += len(resources)
-                        if page.outcomes:
-                            outcomes.extend(page.outcomes)
-                        self._emit("page")
-                        if resources:
-                            await send.send(_Chunk(patient_id, label, resources))
-                finally:
-                    # Cancelled while blocked in send(), the page generator sits at a yield: close it now
-                    # (shielded, it only runs its finally blocks) rather than whenever it is collected.
-                    aclose = getattr(pages, "aclose", None)
-                    if aclose is not None:
-                        with anyio.CancelScope(shield=True):
-                            await aclose()
+                pages = self._client.search(query.resource_type, **query.params_for(patient_id)).pages()
+                async for page in pages:
+                    resources = page.resources
+                    c.pages += 1
+                    c.resources += len(resources)
+                    if page.outcomes:
+                        outcomes.extend(page.outcomes)
+                    self._emit("page")
+                    if resources:
+                        await self._deliver(Chunk(patient_id, label, resources))
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                raise
             except Exception as exc:
-                if self._on_error == "raise":
-                    error = PullError(
-                        f"pull stream {label} failed for one patient (see .patient_id): {type(exc).__name__}: {exc}",
-                        patient_id=patient_id,
-                        query=label,
-                    )
-                    error.__cause__ = exc
-                    self._set_fatal(error)
+                # Decided before the awaits below, so a setup failure cancels the other streams before they
+                # start a token request of their own.
+                if not self._collects(exc, patient_id, label):
                     return
-                logger.warning("pull stream %s failed: %s", label, type(exc).__name__)
-                await send.send(_Chunk(patient_id, label, (), last=True, outcomes=tuple(outcomes), error=exc))
-                return
-            await send.send(_Chunk(patient_id, label, (), last=True, outcomes=tuple(outcomes)))
+                failed = exc
+            finally:
+                # Cancelled or failed between pages, the page generator sits at a yield: close it now
+                # (shielded, it only runs its finally blocks) rather than whenever it is collected.
+                aclose = getattr(pages, "aclose", None)
+                if aclose is not None:
+                    with anyio.CancelScope(shield=True):
+                        await aclose()
+            await self._deliver(
+                Chunk(patient_id, label, (), last=True, outcomes=tuple(outcomes), error=failed)
+            )
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the consumer left: nothing to deliver to
         finally:
             self._held.discard(token)
             self._limiter.release_on_behalf_of(token)
 
+    async def _deliver(self, chunk: Chunk) -> None:
+        # Shielded: what was fetched reaches the buffer even while a setup failure cancels the streams, so
+        # the drain hands it out (and a finished stream is checkpointed) instead of dropping it. It cannot
+        # hang: the buffer drains, or leaving the ``async with`` closes it (BrokenResourceError).
+        assert self._send is not None
+        with anyio.CancelScope(shield=True):
+            await self._send.send(chunk)
+
+    def _collects(self, exc: Exception, patient_id: str, label: str) -> bool:
+        """Whether a stream's error is collected as a :class:`PullFailure`; else it ends the pull."""
+        if stops_everything(exc):
+            if self._fatal is None:
+                logger.warning("pull stopped: %s is not about one patient", type(exc).__name__)
+            error = PullError(
+                f"pull stopped: {type(exc).__name__} is about the client's credentials or setup (token "
+                f"endpoint, SMART discovery, a token the server refuses), not one patient, so no stream can "
+                f"go on; fix that and run the pull again: {exc}",
+                patient_id=None,
+                query=label,
+            )
+            error.__cause__ = exc
+            self._set_fatal(error, drain=True)
+            return False
+        if self._on_error == "raise":
+            error = PullError(
+                f"pull stream {label} failed for one patient (see .patient_id): {type(exc).__name__}: {exc}",
+                patient_id=patient_id,
+                query=label,
+            )
+            error.__cause__ = exc
+            self._set_fatal(error)
+            return False
+        logger.warning("pull stream %s failed: %s", label, type(exc).__name__)
+        return True
+
     # -- shared ----------------------------------------------------------------------------------------
-    def _set_fatal(self, error: BaseException) -> None:
+    def _set_fatal(self, error: BaseException, *, drain: bool = False) -> None:
+        """End the pull with ``error``: at once, or (``drain``) after the pages already fetched are consumed."""
         if self._fatal is None:
             self._fatal = error
+            self._drain = drain
         if self._streams_scope is not None:
             self._streams_scope.cancel()
 
@@ -356,20 +351,8 @@ class PullStream:
         return self._snapshot("page")
 
     def _snapshot(self, event: ProgressEvent) -> PullProgress:
-        c = self._c
-        return PullProgress(
-            event=event,
-            streams_total=c.streams_total,
-            streams_done=c.streams_done,
-            streams_failed=c.streams_failed,
-            streams_skipped=c.streams_skipped,
-            patients_seen=c.patients_seen,
-            patients_done=c.patients_done,
-            pages=c.pages,
-            resources=c.resources,
-            retries=self._retries() if self._retries is not None else None,
-            elapsed=anyio.current_time() - self._started_at if self._started_at else 0.0,
-        )
+        elapsed = anyio.current_time() - self._started_at if self._started_at else 0.0
+        return self._c.snapshot(event, self._retries() if self._retries is not None else None, elapsed)
 
     def _emit(self, event: ProgressEvent) -> None:
         if self._progress_cb is None:
@@ -399,7 +382,10 @@ def pull(
     """Pull ``types`` for every patient concurrently; see :meth:`EpicFHIRClient.pull`.
 
     Arguments are checked here, before anything runs (bad templates, Epic-refused categories, a
-    non-positive concurrency or buffer raise :class:`ConfigurationError`).
+    non-positive concurrency or buffer raise :class:`ConfigurationError`). Repeated patient ids are pulled
+    once. ``on_error="collect"`` collects the failures of single streams but not those of the credentials or
+    setup, which end the pull with a :class:`PullError` whose ``patient_id`` is ``None`` (see
+    :class:`PullStream`).
     """
     queries = expand_queries(types, expand)
     if isinstance(concurrency, anyio.CapacityLimiter):

@@ -17,18 +17,24 @@ searched Observation without a category), so by default the rules below add what
 * every other type gets ``patient=<id>`` (§3.3: clinical types need ``patient``; AllergyIntolerance
   without it is even a 403).
 
-With expansion off, templates are used verbatim plus ``patient=<id>``.
+With expansion off, templates are used verbatim plus ``patient=<id>``. :func:`unique_ids` reads the
+patient ids (checked, each once) for the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
+import anyio
+
 from ._errors import ConfigurationError
 
-__all__ = ["EpicExpansion", "PullQuery", "expand_queries"]
+__all__ = ["EpicExpansion", "PatientIds", "PullQuery", "expand_queries", "unique_ids"]
+
+#: What a pull accepts as patients: ids in any (async) iterable, read lazily.
+PatientIds = Iterable[str] | AsyncIterable[str]
 
 #: Categories Epic accepts for Observation search (§3.3); the first three are the default expansion.
 OBSERVATION_CATEGORIES = ("vital-signs", "laboratory", "social-history", "exam", "survey", "imaging")
@@ -178,3 +184,37 @@ def expand_queries(
     if not out:
         raise ConfigurationError("a pull needs at least one resource type or query template")
     return tuple(out.values())
+
+
+def _check_id(patient_id: object) -> str:
+    if not isinstance(patient_id, str) or not patient_id:
+        raise ConfigurationError("patient ids must be non-empty strings (FHIR ids)")
+    return patient_id
+
+
+async def unique_ids(patients: PatientIds) -> AsyncGenerator[str, None]:
+    """The checked patient ids, each once, in first-seen order.
+
+    A repeated id would pull the same streams twice (duplicate items, and a checkpoint would see the patient
+    finish twice), so repeats are skipped; the set of ids seen is the pull's only per-patient memory.
+    """
+    seen: set[str] = set()
+    if isinstance(patients, AsyncIterable):
+        iterator = aiter(patients)
+        try:
+            async for pid in iterator:
+                if _check_id(pid) not in seen:
+                    seen.add(pid)
+                    yield pid
+        finally:
+            # An async generator of ids is ours alone once handed to the pull: close it here, in this task,
+            # rather than leave it to the garbage collector (which trio reports as an error).
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+    else:
+        for pid in patients:
+            if _check_id(pid) not in seen:
+                seen.add(pid)
+                yield pid

@@ -9,16 +9,18 @@ through the transport, so a rate limit pauses the whole client, not only the tas
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import anyio
 import httpx
 
 from ._config import LOGGER_NAME
-from ._errors import redact_url
+from ._errors import ConfigurationError, redact_url
 from ._limits import read_limited
 from ._retry_after import parse_retry_after
 
@@ -65,6 +67,38 @@ class RetryPolicy:
     max_retry_after: float = 120.0
     statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
     retry_on_connection_errors: bool = True
+
+    def __post_init__(self) -> None:
+        attempts = self.max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ConfigurationError(
+                f"RetryPolicy(max_attempts={attempts!r}): it counts the first try, so it must be an int >= 1 "
+                "(1 disables retries)"
+            )
+        for name in ("backoff_base", "backoff_max", "max_total_wait", "max_retry_after"):
+            _check_seconds(name, getattr(self, name))
+        if not _is_number(self.jitter) or not 0.0 <= self.jitter <= 1.0:
+            raise ConfigurationError(
+                f"RetryPolicy(jitter={self.jitter!r}): a fraction of the backoff, between 0 and 1"
+            )
+        statuses: Collection[object] = self.statuses
+        if isinstance(statuses, (str, bytes)) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
+        ):
+            raise ConfigurationError(
+                "RetryPolicy(statuses=...): a collection of HTTP status codes (ints 100-599), e.g. {429, 503}"
+            )
+        # A set or list is accepted; the frozen policy keeps an immutable, hashable copy.
+        object.__setattr__(self, "statuses", frozenset(statuses))
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if not _is_number(value) or value < 0:
+        raise ConfigurationError(f"RetryPolicy({name}={value!r}): a number of seconds >= 0")
 
 
 def is_retryable_method(method: str, extensions: Collection[str] | dict[str, object]) -> bool:

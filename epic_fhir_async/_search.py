@@ -15,6 +15,7 @@ import anyio
 
 from ._bundle import Page
 from ._errors import FHIRStatusError, PagingError, SessionExpired, redact_url
+from ._fhir_ids import check_type
 
 if TYPE_CHECKING:
     from ._client import EpicFHIRClient
@@ -57,7 +58,7 @@ class SearchQuery:
         prefetch: bool = False,
     ) -> None:
         self._client = client
-        self.resource_type = resource_type
+        self.resource_type = check_type(resource_type)  # it becomes the URL path: no "../", no "?"
         self._params = {k: v for k, v in params.items() if v is not None}
         self._method = method
         self._prefetch = prefetch

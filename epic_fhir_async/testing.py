@@ -21,6 +21,13 @@ The fixtures:
 - ``epic_client``: an :class:`~epic_fhir_async.EpicFHIRClient` on the sandbox's in-process transport (no
   socket, works on asyncio and trio), closed after the test. Async: use it from ``anyio``-marked tests.
 
+The plugin defines no ``anyio_backend`` fixture, so anyio's default applies and async tests run on asyncio
+only. To run them on trio as well, define it in your ``conftest.py``::
+
+    @pytest.fixture(params=["asyncio", "trio"])
+    def anyio_backend(request: pytest.FixtureRequest) -> str:
+        return request.param
+
 Importing this module imports pytest; the package itself never imports it.
 """
 

@@ -10,6 +10,9 @@ by a random cookie. Configure with environment variables and run with uvicorn::
     python examples/fastapi_app.py          # optional: EPIC_FHIR_CLIENT_SECRET or EPIC_FHIR_PRIVATE_KEY (PEM path)
 
 Without ``EPIC_FHIR_BASE_URL`` it drives one EHR launch against the in-process sandbox and prints the page.
+
+FastAPI is not a dependency of the SDK: ``pip install fastapi uvicorn`` first (uvicorn serves the app against
+a real Epic server; the offline run needs only fastapi).
 """
 
 from __future__ import annotations
@@ -48,7 +51,13 @@ DEFAULT_SCOPES = "openid fhirUser launch/patient patient/Patient.read patient/Ob
 
 @dataclass(frozen=True)
 class Settings:
-    """The app's registration at Epic. No secret and no key: a public client."""
+    """The app's registration at Epic, from ``EPIC_FHIR_*`` variables (:meth:`from_env`) or given directly.
+
+    With neither ``client_secret`` nor ``private_key`` the app is a public client (PKCE only, and Epic gives
+    public clients no refresh token). ``client_secret`` makes it a confidential client that authenticates
+    with ``client_secret_basic``; ``private_key`` (the path of a PEM file) with ``private_key_jwt``.
+    ``redirect_uri`` must be registered on the app exactly, character for character.
+    """
 
     base_url: str
     client_id: str
@@ -62,7 +71,9 @@ class Settings:
         return cls(
             base_url=os.environ["EPIC_FHIR_BASE_URL"],
             client_id=os.environ["EPIC_FHIR_CLIENT_ID"],
-            redirect_uri=os.environ.get("EPIC_FHIR_REDIRECT_URI", "http://localhost:8000/callback"),
+            redirect_uri=os.environ.get(
+                "EPIC_FHIR_REDIRECT_URI", f"http://localhost:{os.environ.get('PORT', '8000')}/callback"
+            ),
             scopes=os.environ.get("EPIC_FHIR_SCOPES", DEFAULT_SCOPES),
             client_secret=os.environ.get("EPIC_FHIR_CLIENT_SECRET"),
             private_key=os.environ.get("EPIC_FHIR_PRIVATE_KEY"),

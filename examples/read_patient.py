@@ -12,8 +12,8 @@ import os
 import anyio
 
 from epic_fhir_async import EpicFHIRClient, StaticTokenAuth
-from epic_fhir_async._config import EPIC_SANDBOX_BASE_URL
 
+EPIC_SANDBOX_BASE_URL = "https://fhir.epic.com/interconnect-fhir-oauth/api/FHIR/R4"  # Epic's public sandbox
 PATIENT_ID = "erXuFYUfucBZaryVksYEcMg3"  # Camila Lopez, one of Epic's sandbox patients
 
 

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from .._client import EpicFHIRClient
 from .._config import EPIC_SANDBOX_BULK_GROUP_ID
 from ..auth import BackendServicesAuth, generate_private_key, public_jwks
 from ..sandbox import EpicSandbox, SandboxConfig
+from ._common import describe, make_console, positive_int
 from ._pull import pull_to_directory
 from ._pull_display import print_run_facts, summary_table
 from ._pull_sink import STATE_DIR
@@ -40,6 +41,7 @@ DEMO_TYPES = (
     "Observation",  # Epic needs a category: expands to vital-signs, laboratory, social-history searches
     "Procedure",
 )
+_BULK_TIMEOUT = 60.0  # seconds for the whole bulk step (the sandbox job itself takes half a second)
 
 
 def register(subparsers: Any) -> None:
@@ -52,28 +54,41 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--out", type=Path, default=Path("epic-fhir-demo"), help="output directory")
-    parser.add_argument("--patients", type=int, default=100, help="generated sandbox patients (default 100)")
-    parser.add_argument("--concurrency", type=int, default=16, help="searches in flight (default 16)")
+    parser.add_argument(
+        "--patients",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="generated sandbox patients (default 100)",
+    )
+    parser.add_argument(
+        "--concurrency", type=positive_int, default=16, metavar="N", help="searches in flight (default 16)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="sandbox data seed (default 0)")
     parser.set_defaults(func=run)
 
 
-async def _bulk_export(client: EpicFHIRClient, out: Path, console: Console) -> Mapping[str, int] | None:
-    """A small Group ``$export`` (Patient and Condition) downloaded into ``out/bulk``."""
+async def _bulk_export(client: EpicFHIRClient, out: Path) -> tuple[Mapping[str, int] | None, str | None]:
+    """A small Group ``$export`` (Patient and Condition) downloaded into ``out/bulk``.
+
+    Returns the resources on disk per type, or ``None`` and a one-line reason: the demo still prints what the
+    pull got, then exits 1, so a broken bulk step cannot pass for a working one.
+    """
     try:
-        with anyio.fail_after(60):
+        with anyio.fail_after(_BULK_TIMEOUT):
             job = await client.bulk_export(EPIC_SANDBOX_BULK_GROUP_ID, types=["Patient", "Condition"])
             await job.wait(poll_interval=0.25, max_interval=1.0)
             result = await job.download(out / "bulk")
             await job.delete()
-    except Exception as exc:  # the demo must finish even if the bulk part misbehaves: say so
-        console.print(f"[yellow]Bulk export skipped:[/] {type(exc).__name__}: {exc}")
-        return None
-    return result.counts()
+    except TimeoutError:
+        return None, f"the export did not finish within {_BULK_TIMEOUT:.0f} s"
+    except Exception as exc:  # any failure is reported (one line) and turns the exit status to 1
+        return None, " ".join(describe(exc).split())
+    return result.counts(), None
 
 
 async def run(args: argparse.Namespace) -> int:
-    console = Console()
+    console = make_console()
     started = time.perf_counter()
     out: Path = args.out
     if (out / STATE_DIR).exists():  # an interrupted earlier demo: start afresh, it is only demo data
@@ -107,15 +122,17 @@ async def run(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
                 description="Pulling",
             )
-            bulk = await _bulk_export(client, out, console)
+            bulk, bulk_error = await _bulk_export(client, out)
         stats = dict(sandbox.stats)
     elapsed = time.perf_counter() - started
     console.print()
     console.print(summary_table(report.counts, report.files, title=f"Pulled into {out}/"))
-    print_run_facts(console, report.progress, report.failures)
+    print_run_facts(console, report.progress, report.failures, resumable=False)
     if bulk is not None:
         detail = ", ".join(f"{n:,} {t}" for t, n in sorted(bulk.items()))
         console.print(f"Bulk $export of the sandbox Group into {out}/bulk/: {detail or 'no resources'}")
+    else:
+        console.print(f"[red]Bulk $export failed:[/] {escape(bulk_error or 'unknown error')}")
     console.print(
         f"Sandbox saw {stats.get('token_requests', 0)} token request(s) and "
         f"{stats.get('fhir_requests', 0):,} FHIR request(s). Total time {elapsed:.1f} s."
@@ -137,4 +154,4 @@ async def run(args: argparse.Namespace) -> int:
             title="Next steps",
         )
     )
-    return 1 if report.failures else 0
+    return 1 if report.failures or bulk is None else 0

@@ -12,7 +12,6 @@ Group at a time, epic-behaviour.md §4) unless ``--keep-on-server``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,20 @@ from .._bulk_download import BulkDownloadResult, BulkTransferStats
 from .._bulk_manifest import BulkProgress, PollCadence
 from .._client import EpicFHIRClient
 from .._config import EPIC_SANDBOX_BULK_GROUP_ID
-from .._errors import BulkExportTooSoon, EpicFHIRError
-from ..auth import BackendServicesAuth, EpicAuth, StaticTokenAuth
+from .._errors import BulkExportTooSoon, ConfigurationError, EpicFHIRError
+from ..auth import EpicAuth
+from ._common import (
+    EXIT_FAILURE,
+    EXIT_TOO_SOON,
+    CLIError,
+    PlainProgress,
+    add_auth_arguments,
+    backend_auth,
+    describe,
+    make_console,
+    positive_float,
+    positive_int,
+)
 
 STATUS_FILE = "status-url.txt"
 
@@ -43,9 +54,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--base-url", required=True, help="FHIR R4 base URL")
-    parser.add_argument("--client-id", help="backend-services client id (with --key)")
-    parser.add_argument("--key", type=Path, metavar="KEY.pem", help="private key of the client")
-    parser.add_argument("--token-url", default=None, help="token endpoint (default: discovered)")
+    add_auth_arguments(parser)
     parser.add_argument(
         "--group", default=EPIC_SANDBOX_BULK_GROUP_ID, help="Group FHIR id (default: Epic's sandbox Group)"
     )
@@ -59,23 +68,28 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     parser.add_argument("--resume", metavar="STATUS_URL", help="continue watching an export already started")
     parser.add_argument(
-        "--poll-interval", type=float, default=2.0, metavar="S", help="first poll delay, doubling (default 2)"
+        "--poll-interval",
+        type=positive_float,
+        default=2.0,
+        metavar="S",
+        help="first poll delay, doubling (default 2)",
     )
     parser.add_argument(
-        "--max-poll-interval", type=float, default=600.0, metavar="S", help="longest poll delay (default 600)"
+        "--max-poll-interval",
+        type=positive_float,
+        default=600.0,
+        metavar="S",
+        help="longest poll delay (default 600)",
     )
-    parser.add_argument("--concurrency", type=int, default=4, help="files downloaded at once (default 4)")
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="files downloaded at once (default 4)",
+    )
     parser.add_argument("--keep-on-server", action="store_true", help="do not DELETE the job after download")
     parser.set_defaults(func=run)
-
-
-def _auth(args: argparse.Namespace) -> EpicAuth:
-    if args.client_id and args.key:
-        return BackendServicesAuth(args.client_id, args.key, token_url=args.token_url)
-    token = os.environ.get("EPIC_FHIR_ACCESS_TOKEN")
-    if token:
-        return StaticTokenAuth(token)
-    raise SystemExit("epic-fhir export: give --client-id and --key (or set EPIC_FHIR_ACCESS_TOKEN)")
 
 
 def _client(args: argparse.Namespace, auth: EpicAuth) -> EpicFHIRClient:
@@ -96,7 +110,12 @@ async def _run_job(
 ) -> tuple[BulkDownloadResult, float]:
     started = anyio.current_time()
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    progress: Any = (
+        Progress(*columns, console=console, transient=False)
+        if console.is_terminal
+        else PlainProgress(console)
+    )
+    with progress:
         server = progress.add_task("Server: waiting for the first poll", total=100)
 
         def on_poll(event: BulkProgress) -> None:
@@ -160,14 +179,16 @@ def _summary(result: BulkDownloadResult, seconds: float) -> Table:
 
 
 async def run(args: argparse.Namespace) -> int:
-    console = Console()
-    if args.concurrency < 1 or args.poll_interval <= 0:
-        print("epic-fhir export: --concurrency and --poll-interval must be positive", file=sys.stderr)
-        return 2
+    console = make_console()
+    auth = backend_auth(args)
     cadence = PollCadence(initial=args.poll_interval, maximum=max(args.poll_interval, args.max_poll_interval))
     status_url: str | None = args.resume
     try:
-        async with _client(args, _auth(args)) as client:
+        client = _client(args, auth)
+    except ConfigurationError as exc:  # a malformed --base-url, or plain http:// off loopback
+        raise CLIError(str(exc)) from None
+    try:
+        async with client:
             if args.resume:
                 job = client.bulk_export_job(args.resume, cadence=cadence)
             else:
@@ -184,12 +205,16 @@ async def run(args: argparse.Namespace) -> int:
                 await job.delete()
     except BulkExportTooSoon as exc:
         print(f"epic-fhir export: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_TOO_SOON
     except EpicFHIRError as exc:
-        print(f"epic-fhir export: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"epic-fhir export: {describe(exc, args.base_url)}", file=sys.stderr)
         if status_url:
             print(f"Resume with: --resume {status_url}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
+    except BaseException:  # Ctrl-C, a closed pipe: main() reports it; say how to continue
+        if status_url:
+            print(f"Resume with: --resume {status_url}", file=sys.stderr)
+        raise
     console.print(_summary(result, seconds))
     for outcome in result.outcomes:
         for issue in outcome.issues:

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConfigurationError
-from ..auth import generate_private_key, load_private_keys, private_key_pem, public_jwks
+from ..auth import generate_private_key, private_key_pem, public_jwks
+from ._common import CLIError, add_password_argument, load_key
 
 PRIVATE_NAME = "private_key.pem"
 JWKS_NAME = "jwks.json"
@@ -26,7 +26,12 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
     gen = sub.add_parser("generate", help="write a new private key (0600) and its public jwks.json")
-    gen.add_argument("--alg", default="RS384", choices=["RS384", "ES384", "RS256", "RS512", "ES256"])
+    gen.add_argument(
+        "--alg",
+        default="RS384",
+        choices=["RS384", "ES384", "RS256", "RS512", "ES256"],
+        help="signing algorithm: %(choices)s (default %(default)s; Epic backend apps use RS384 or ES384)",
+    )
     gen.add_argument("--out", required=True, type=Path, help="directory to write the two files into")
     gen.add_argument("--kid", default=None, help="key id (default: the RFC 7638 thumbprint)")
     gen.add_argument("--force", action="store_true", help="overwrite existing files")
@@ -34,7 +39,7 @@ def register(subparsers: Any) -> None:
 
     show = sub.add_parser("jwks", help="print the public JWK Set of private key files")
     show.add_argument("keys", nargs="+", type=Path, metavar="KEY.pem", help="private keys, oldest first")
-    show.add_argument("--password-env", default=None, help="environment variable holding the PEM password")
+    add_password_argument(show)
     show.set_defaults(func=jwks)
 
 
@@ -67,11 +72,12 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def jwks(args: argparse.Namespace) -> int:
-    password = os.environ.get(args.password_env) if args.password_env else None
+    keys = []
     try:
-        keys = load_private_keys(list(args.keys), password=password)
-    except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for path in args.keys:
+            keys.extend(load_key(path, args.password_env))
+    except CLIError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
         return 1
     print(json.dumps(public_jwks(*keys), indent=2))
     return 0

@@ -3,6 +3,10 @@
 Each sub-command lives in its own module ``cli/_<name>.py`` exposing ``register(subparsers)``; the module
 registers its parser and sets ``func`` (an ``async`` or plain callable taking the parsed namespace and
 returning an exit code).
+
+``main`` is also where the user-facing failure modes end: a :class:`CLIError` or any ``OSError`` becomes one
+line on stderr, Ctrl-C exits 130 and a closed output pipe 141, quietly; they are found inside the exception
+groups anyio's task groups wrap them in, too. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,12 +14,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import anyio
 
+from .._config import LOGGER_NAME
 from .._version import __version__
+from ._common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_CODES_HELP,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CLIError,
+    silence_stdout,
+)
 
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("demo", "sandbox", "pull", "export", "keys", "token")
@@ -25,8 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="epic-fhir",
         description="Pull data from Epic's FHIR R4 API, or run the embedded Epic sandbox emulator.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"epic-fhir {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log the SDK's warnings and retries to stderr (-vv: debug)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -39,16 +63,92 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exception itself, or every exception inside an (anyio task group's) exception group.
+
+    Duck-typed on ``.exceptions`` (as ``_bulk_stream.unwrap_group``): no ``exceptiongroup`` import on 3.10.
+    """
+    inner = getattr(exc, "exceptions", None)
+    if isinstance(inner, tuple):
+        for e in inner:
+            if isinstance(e, BaseException):
+                yield from _leaves(e)
+    else:
+        yield exc
+
+
+def _say(command: str | None, message: str) -> None:
+    print(f"epic-fhir{f' {command}' if command else ''}: {message}", file=sys.stderr)
+
+
+def _handled(exc: BaseException, command: str | None) -> int | None:
+    """The exit status for an exception the user should see as one line, or ``None`` to let it propagate."""
+    leaves = list(_leaves(exc))
+    if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+        _say(command, "interrupted")
+        return EXIT_INTERRUPTED
+    if any(isinstance(e, BrokenPipeError) for e in leaves):
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
+    for e in leaves:
+        if isinstance(e, CLIError):
+            _say(command, e.message)
+            return e.status
+    for e in leaves:
+        if isinstance(e, SystemExit) and isinstance(e.code, str):  # a command's usage message
+            _say(command, e.code)
+            return EXIT_USAGE
+    if isinstance(exc, SystemExit):  # argparse (--help, a usage error): its own message and status
+        return None
+    for e in leaves:
+        if isinstance(e, OSError):  # disk full, permission denied, ...: the OS says it best
+            _say(command, f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+            return EXIT_FAILURE
+    return None
+
+
+def _verbose(level: int) -> logging.Handler | None:
+    """With -v, the SDK's log records (warnings, retries) go to stderr; the library itself only has a
+    NullHandler, so without it they are dropped."""
+    if not level:
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG if level > 1 else logging.INFO)
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.getEffectiveLevel(), handler.level))
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help(sys.stderr)
-        return 2
+    command: str | None = None
+    handler: logging.Handler | None = None
+    level = logging.getLogger(LOGGER_NAME).level
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        func = getattr(args, "func", None)
+        if func is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        handler = _verbose(args.verbose)
         result = anyio.run(func, args) if inspect.iscoroutinefunction(func) else func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return int(result or 0)
+        sys.stdout.flush()  # inside the try: a reader that went away shows up here for buffered output
+        return int(result or 0)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) and not isinstance(exc.code, str):
+            try:  # --help or --version into a closed pipe
+                sys.stdout.flush()
+            except BrokenPipeError:
+                silence_stdout()
+                return EXIT_BROKEN_PIPE
+        status = _handled(exc, command)
+        if status is None:
+            raise
+        return status
+    finally:
+        if handler is not None:
+            logging.getLogger(LOGGER_NAME).removeHandler(handler)
+            logging.getLogger(LOGGER_NAME).setLevel(level)

@@ -10,10 +10,9 @@ an interrupted pull from its journal without fetching completed streams again or
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,23 @@ import anyio
 from rich.console import Console
 
 from .._client import EpicFHIRClient
-from .._errors import EpicFHIRError
+from .._errors import ConfigurationError, EpicFHIRError
 from .._pull_types import PullFailure, PullProgress
-from ..auth import BackendServicesAuth, EpicAuth, StaticTokenAuth
+from ..auth import EpicAuth
+from ._common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    CLIError,
+    add_auth_arguments,
+    backend_auth,
+    describe,
+    first_token,
+    make_console,
+    positive_int,
+)
 from ._pull_display import PullDisplay, print_run_facts, summary_table
-from ._pull_sink import NDJSONSink, OutputStateError
+from ._pull_patients import PatientSource
+from ._pull_sink import NDJSONSink, OutputStateError, finished_files, resumable
 
 DEFAULT_TYPES = ("Patient", "Condition", "Observation", "MedicationRequest", "Encounter")
 
@@ -41,9 +52,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--base-url", required=True, help="FHIR R4 base URL")
-    parser.add_argument("--client-id", help="backend-services client id (with --key)")
-    parser.add_argument("--key", type=Path, metavar="KEY.pem", help="private key of the client")
-    parser.add_argument("--token-url", default=None, help="token endpoint (default: discovered)")
+    add_auth_arguments(parser)
     parser.add_argument(
         "--patients",
         nargs="+",
@@ -59,7 +68,9 @@ def register(subparsers: Any) -> None:
         help="resource types or query templates, e.g. Condition 'Observation?category=laboratory'",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--concurrency", type=int, default=8, help="searches in flight (default 8)")
+    parser.add_argument(
+        "--concurrency", type=positive_int, default=8, metavar="N", help="searches in flight (default 8)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted pull in --out")
     parser.add_argument("--no-expand", action="store_true", help="use the templates verbatim (+ patient=)")
     parser.add_argument(
@@ -71,50 +82,12 @@ def register(subparsers: Any) -> None:
 
 
 @dataclass
-class PatientSource:
-    """Patient ids from arguments and files, read lazily; ``__length_hint__`` (counted up front) drives
-    the progress bar's total without holding the ids in memory."""
-
-    args: Sequence[str]
-    count: int = 0
-    _files: dict[str, bool] = field(default_factory=dict)
-
-    async def prepare(self) -> None:
-        def count() -> int:
-            n = 0
-            for arg in self.args:
-                path = Path(arg)
-                if path.is_file():
-                    self._files[arg] = True
-                    with path.open(encoding="utf-8") as f:
-                        n += sum(1 for line in f if line.strip() and not line.lstrip().startswith("#"))
-                else:
-                    n += 1
-            return n
-
-        self.count = await anyio.to_thread.run_sync(count)
-
-    def __length_hint__(self) -> int:
-        return self.count
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        for arg in self.args:
-            if not self._files.get(arg):
-                yield arg
-                continue
-            async with await anyio.open_file(arg, encoding="utf-8") as f:
-                async for line in f:
-                    value = line.strip()
-                    if value and not value.startswith("#"):
-                        yield value
-
-
-@dataclass
 class PullReport:
     progress: PullProgress | None
     failures: list[PullFailure]
     counts: dict[str, int]
     files: dict[str, Path]
+    resumable: bool = False  # the state was kept: --resume retries the failed streams
 
 
 async def pull_to_directory(
@@ -130,41 +103,43 @@ async def pull_to_directory(
     fail_fast: bool = False,
     description: str = "Pulling",
 ) -> PullReport:
-    """Run a pull into ``out`` with the live display; the sink is the pull's checkpoint."""
+    """Run a pull into ``out`` with the live display; the sink is the pull's checkpoint.
+
+    Nothing is written before the arguments are checked and the first token is granted; a pull that ends
+    without completing a single stream leaves no state behind (there would be nothing to resume).
+    """
     sink = NDJSONSink(out)
+    display = PullDisplay(console, description)
+    try:
+        pull = client.pull(
+            patients,
+            types,
+            concurrency=concurrency,
+            expand=expand,
+            on_error="raise" if fail_fast else "collect",
+            checkpoint=sink,
+            progress=display,
+        )
+    except ConfigurationError as exc:  # a bad --types template or --concurrency: checked before any request
+        raise CLIError(str(exc)) from None
+    await first_token(client.auth)
     await sink.open(resume=resume)
     if sink.resumed_streams:
         console.print(f"Resuming: {sink.resumed_streams} stream(s) already complete in {out}")
     finished = False
     try:
-        with PullDisplay(console, description) as display:
-            async with client.pull(
-                patients,
-                types,
-                concurrency=concurrency,
-                expand=expand,
-                on_error="raise" if fail_fast else "collect",
-                checkpoint=sink,
-                progress=display,
-            ) as stream:
+        with display:
+            async with pull as stream:
                 async for item in stream:
                     await sink.add(item)
-        files = await sink.finish(keep_state=bool(stream.failures))
+        files = await sink.finish(keep_state=bool(stream.failures) and sink.has_progress)
         finished = True
     finally:
-        if not finished:
-            with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
+            if not finished:
                 await sink.aclose()
-    return PullReport(display.last, list(stream.failures), dict(sink.counts), files)
-
-
-def _auth(args: argparse.Namespace) -> EpicAuth:
-    if args.client_id and args.key:
-        return BackendServicesAuth(args.client_id, args.key, token_url=args.token_url)
-    token = os.environ.get("EPIC_FHIR_ACCESS_TOKEN")
-    if token:
-        return StaticTokenAuth(token)
-    raise SystemExit("epic-fhir pull: give --client-id and --key (or set EPIC_FHIR_ACCESS_TOKEN)")
+            await sink.discard_if_empty()
+    return PullReport(display.last, list(stream.failures), dict(sink.counts), files, resumable(out))
 
 
 def _client(args: argparse.Namespace, auth: EpicAuth) -> EpicFHIRClient:
@@ -172,15 +147,40 @@ def _client(args: argparse.Namespace, auth: EpicAuth) -> EpicFHIRClient:
     return EpicFHIRClient(args.base_url, auth=auth)
 
 
+def _already_complete(out: Path, resume: bool, console: Console) -> bool:
+    """Say so when ``out`` holds a finished pull; with ``--resume`` there is then nothing to do."""
+    files = finished_files(out)
+    if not files:
+        return False
+    names = ", ".join(p.name for p in files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+    if resume:
+        console.print(
+            f"Already complete: {out} holds a finished pull ({names}); there is nothing to resume. "
+            f"To pull again from scratch, run without --resume (the files are replaced) or choose a new --out."
+        )
+        return True
+    console.print(
+        f"Starting afresh in {out}, which holds a finished pull ({names}): files of the types pulled now "
+        "are replaced, the others are left as they are."
+    )
+    return False
+
+
 async def run(args: argparse.Namespace) -> int:
-    console = Console(stderr=False)
-    if args.concurrency < 1:
-        print("epic-fhir pull: --concurrency must be at least 1", file=sys.stderr)
-        return 2
+    console = make_console()
     patients = PatientSource(args.patients)
     await patients.prepare()
+    if not args.resume and resumable(args.out):  # checked again by the sink; here before any request
+        raise CLIError(str(OutputStateError.for_directory(args.out)))
+    if _already_complete(args.out, args.resume, console):
+        return EXIT_OK
+    auth = backend_auth(args)
     try:
-        async with _client(args, _auth(args)) as client:
+        client = _client(args, auth)
+    except ConfigurationError as exc:  # a malformed --base-url, or plain http:// off loopback
+        raise CLIError(str(exc)) from None
+    try:
+        async with client:
             report = await pull_to_directory(
                 client,
                 patients,
@@ -193,12 +193,19 @@ async def run(args: argparse.Namespace) -> int:
                 fail_fast=args.fail_fast,
             )
     except OutputStateError as exc:
-        print(f"epic-fhir pull: {exc}", file=sys.stderr)
-        return 2
+        raise CLIError(str(exc)) from None
     except EpicFHIRError as exc:
-        print(f"epic-fhir pull: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(f"Completed streams are kept: re-run with --resume to continue in {args.out}", file=sys.stderr)
-        return 1
+        print(f"epic-fhir pull: {describe(exc, args.base_url)}", file=sys.stderr)
+        _resume_hint(args.out)
+        return EXIT_FAILURE
+    except BaseException:  # Ctrl-C, a closed pipe: main() reports it; say what is kept
+        _resume_hint(args.out)
+        raise
     console.print(summary_table(report.counts, report.files, title=f"Pulled into {args.out}"))
-    print_run_facts(console, report.progress, report.failures)
-    return 1 if report.failures else 0
+    print_run_facts(console, report.progress, report.failures, resumable=report.resumable)
+    return EXIT_FAILURE if report.failures else EXIT_OK
+
+
+def _resume_hint(out: Path) -> None:
+    if resumable(out):
+        print(f"Completed streams are kept: re-run with --resume to continue in {out}", file=sys.stderr)

@@ -36,37 +36,47 @@ def _human_bytes(n: int) -> str:
 class PullDisplay:
     """A ``progress=`` callback for ``client.pull`` that drives a rich progress bar.
 
-    Shows streams done/total, patients done, resources and resources/s, retries and errors.
+    Shows streams done/total, patients done, resources and resources/s, retries and errors. When the
+    console is not a terminal (piped, redirected to a log), there is no bar, which would need cursor
+    movement: one plain line every ``plain_every`` seconds instead.
     """
 
-    def __init__(self, console: Console, description: str = "Pulling") -> None:
+    def __init__(self, console: Console, description: str = "Pulling", *, plain_every: float = 10.0) -> None:
         self.console = console
+        self.description = description
         self.last: PullProgress | None = None
         self._next = 0.0
-        self._progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TextColumn("[cyan]{task.fields[patients]}[/] patients"),
-            TextColumn("[green]{task.fields[resources]}[/] res {task.fields[rate]}/s"),
-            TextColumn("retries {task.fields[retries]}"),
-            TextColumn("[red]errors {task.fields[errors]}[/]"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        self._task: TaskID = self._progress.add_task(
-            description, total=None, patients=0, resources=0, rate=0, retries=0, errors=0
-        )
+        self._plain_every = plain_every
+        self._progress: Progress | None = None
+        if console.is_terminal:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TextColumn("[cyan]{task.fields[patients]}[/] patients"),
+                TextColumn("[green]{task.fields[resources]}[/] res {task.fields[rate]}/s"),
+                TextColumn("retries {task.fields[retries]}"),
+                TextColumn("[red]errors {task.fields[errors]}[/]"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            )
+            self._task: TaskID = self._progress.add_task(
+                description, total=None, patients=0, resources=0, rate=0, retries=0, errors=0
+            )
 
     def __enter__(self) -> PullDisplay:
-        self._progress.start()
+        self._next = time.monotonic() + (0.0 if self._progress is not None else self._plain_every)
+        if self._progress is not None:
+            self._progress.start()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._progress is None:
+            return  # plain mode: the run facts printed after the pull are the final line
         if self.last is not None:
             self._apply(self.last)
         self._progress.stop()
@@ -74,12 +84,26 @@ class PullDisplay:
     def __call__(self, progress: PullProgress) -> None:
         self.last = progress
         now = time.monotonic()
+        if self._progress is None:
+            if progress.event != "finished" and now >= self._next:
+                self._next = now + self._plain_every
+                self.console.print(self._plain(progress), highlight=False, soft_wrap=True)
+            return
         if progress.event == "page" and now < self._next:
             return
         self._next = now + _REFRESH
         self._apply(progress)
 
+    def _plain(self, p: PullProgress) -> str:
+        total = p.streams_total if p.streams_total is not None else "?"
+        return (
+            f"{self.description}: {p.streams_finished}/{total} streams · {p.patients_done} patients · "
+            f"{p.resources:,} resources · retries {p.retries if p.retries is not None else '-'} · "
+            f"errors {p.streams_failed} · {p.elapsed:.0f} s"
+        )
+
     def _apply(self, p: PullProgress) -> None:
+        assert self._progress is not None
         rate = p.resources / p.elapsed if p.elapsed > 0 else 0.0
         self._progress.update(
             self._task,
@@ -113,8 +137,11 @@ def summary_table(counts: Mapping[str, int], files: Mapping[str, Path], *, title
     return table
 
 
-def print_run_facts(console: Console, p: PullProgress | None, failures: Sequence[PullFailure]) -> None:
-    """One line of counters, then the failed streams (patient id and query: the operator may see them)."""
+def print_run_facts(
+    console: Console, p: PullProgress | None, failures: Sequence[PullFailure], *, resumable: bool = True
+) -> None:
+    """One line of counters, then the failed streams (patient id and query: the operator may see them);
+    ``resumable`` says whether the state was kept for ``--resume`` to retry them."""
     if p is not None:
         rate = p.resources / p.elapsed if p.elapsed > 0 else 0.0
         skipped = f", {p.streams_skipped} skipped (already complete)" if p.streams_skipped else ""
@@ -124,7 +151,8 @@ def print_run_facts(console: Console, p: PullProgress | None, failures: Sequence
             f"retries {p.retries if p.retries is not None else '-'} · errors {p.streams_failed}"
         )
     if failures:
-        console.print(f"[red]{len(failures)} stream(s) failed[/] (re-run with --resume to retry them):")
+        retry = "re-run with --resume to retry them" if resumable else "re-run to try again"
+        console.print(f"[red]{len(failures)} stream(s) failed[/] ({retry}):")
         for f in failures[:10]:
             console.print(f"  patient {f.patient_id} · {f.query}: {type(f.error).__name__}: {f.error}")
         if len(failures) > 10:

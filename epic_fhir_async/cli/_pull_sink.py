@@ -10,7 +10,8 @@ How it stays safe:
   skips the journalled streams, so nothing is lost or duplicated.
 * When the pull ends, the part files are renamed to ``<Type>.ndjson`` (an atomic rename: a final file is
   never half-written). Without failures the state directory is removed; with failed streams it is kept, so
-  ``--resume`` retries just those (moving the final files back to parts first).
+  ``--resume`` retries just those (moving the final files back to parts first). A pull that completed no
+  stream at all keeps no state (:meth:`NDJSONSink.discard_if_empty`): there is nothing to resume.
 
 A stream larger than ``spill_bytes`` spills to a spool file in the state directory instead of memory.
 Every file operation runs in a worker thread (``anyio.to_thread``), never on the event loop.
@@ -18,6 +19,7 @@ Every file operation runs in a worker thread (``anyio.to_thread``), never on the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterable
@@ -37,6 +39,24 @@ _VERSION = 1
 
 class OutputStateError(Exception):
     """The output directory holds an interrupted pull and ``--resume`` was not given."""
+
+    @classmethod
+    def for_directory(cls, out: Path) -> OutputStateError:
+        return cls(
+            f"{out} holds an interrupted pull: pass --resume to continue it, or remove {out / STATE_DIR}"
+        )
+
+
+def resumable(out: Path) -> bool:
+    """Whether ``out`` holds the journal of an unfinished pull (what ``--resume`` continues)."""
+    return (out / STATE_DIR / JOURNAL).is_file()
+
+
+def finished_files(out: Path) -> list[Path]:
+    """The ``<Type>.ndjson`` files of a finished pull in ``out`` (none while a journal is left to resume)."""
+    if resumable(out) or not out.is_dir():
+        return []
+    return sorted(p for p in out.glob("*.ndjson") if p.is_file())
 
 
 @dataclass
@@ -62,18 +82,23 @@ class NDJSONSink:
         self._spool_seq = 0
         self.resumed_streams = 0
         self.counts: dict[str, int] = {}  # resource type -> resources committed in this run
+        self._created_out = False
+
+    @property
+    def has_progress(self) -> bool:
+        """Whether some stream is complete (in this run or an earlier one): only then is there a pull to resume."""
+        return bool(self._done)
 
     # -- set-up ------------------------------------------------------------------------------------------
     async def open(self, *, resume: bool) -> None:
         await anyio.to_thread.run_sync(self._open_sync, resume)
 
     def _open_sync(self, resume: bool) -> None:
+        self._created_out = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         journal = self.state / JOURNAL
         if journal.exists() and not resume:
-            raise OutputStateError(
-                f"{self.out} holds an interrupted pull: pass --resume to continue it, or remove {self.state}"
-            )
+            raise OutputStateError.for_directory(self.out)
         self.state.mkdir(exist_ok=True)
         for spool in self.state.glob("spool-*"):
             spool.unlink()
@@ -190,6 +215,22 @@ class NDJSONSink:
         if not keep_state:
             shutil.rmtree(self.state, ignore_errors=True)
         return finals
+
+    async def discard_if_empty(self) -> bool:
+        """After a pull that completed no stream at all (set-up failed, every stream failed, interrupted at
+        once): remove the state directory, and ``out`` if this sink created it and it is empty, so nothing
+        suggests a pull to resume. Returns whether it did."""
+        if self.has_progress:
+            return False
+        await anyio.to_thread.run_sync(self._discard_sync)
+        return True
+
+    def _discard_sync(self) -> None:
+        self._close_sync()
+        shutil.rmtree(self.state, ignore_errors=True)
+        if self._created_out:
+            with contextlib.suppress(OSError):  # not empty: leave it
+                self.out.rmdir()
 
     async def aclose(self) -> None:
         """Close files without finishing (the pull was interrupted): the state stays for ``--resume``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import json
 import sys
@@ -10,6 +11,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+
+from ._common import (
+    EXIT_FAILURE,
+    CLIError,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    port_number,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from ..sandbox import EpicSandbox
@@ -21,24 +33,30 @@ __all__ = ["build_sandbox", "register", "run"]
 #: the config itself, so the command line and ``EpicSandbox()`` never disagree.
 _CONFIG_FLAGS: tuple[tuple[str, str, Any, str | None, str], ...] = (
     ("--seed", "seed", int, "N", "dataset and fault seed"),
-    ("--patients", "patients", int, "N", "generated patients"),
-    ("--token-lifetime", "token_lifetime", float, "S", "expires_in of issued tokens (s)"),
+    ("--patients", "patients", non_negative_int, "N", "generated patients"),
+    ("--token-lifetime", "token_lifetime", positive_float, "S", "expires_in of issued tokens (s)"),
     ("--environment", "environment", ("non-production", "production"), None, "which client IDs are accepted"),
     ("--root-path", "root_path", str, "PATH", "server root, e.g. /FHIRProxy (production style)"),
-    ("--page-size", "page_size", int, "N", "default searchset page size"),
-    ("--session-ttl", "session_ttl", float, "S", "paging session lifetime (s)"),
+    ("--page-size", "page_size", positive_int, "N", "default searchset page size"),
+    ("--session-ttl", "session_ttl", positive_float, "S", "paging session lifetime (s)"),
     ("--unknown-params", "unknown_params", ("ignore", "warn"), None, "warn: a 4122 outcome entry"),
-    ("--fault-rate", "error_rate", float, "F", "fraction of FHIR 5xx answers"),
-    ("--rate-limit", "rate_limit_rps", float, "RPS", "FHIR requests/s, then 429"),
-    ("--retry-after", "retry_after", float, "S", "Retry-After of 429s (s)"),
-    ("--drop-rate", "drop_rate", float, "F", "fraction of cut responses"),
-    ("--token-flake-rate", "token_flake_rate", float, "F", "fraction of bare-400 token flakes"),
-    ("--export-seconds", "export_seconds", float, "S", "bulk job duration (s)"),
-    ("--export-cooldown", "export_cooldown", float, "S", "per client+Group kick-off window (s)"),
-    ("--export-resources-per-file", "export_resources_per_file", int, "N", "bulk file split point"),
-    ("--export-retention", "export_retention", float, "S", "bulk results lifetime (s)"),
+    ("--fault-rate", "error_rate", fraction, "F", "fraction (0-1) of FHIR 5xx answers"),
+    ("--rate-limit", "rate_limit_rps", non_negative_float, "RPS", "FHIR requests/s, then 429 (0 = no limit)"),
+    ("--retry-after", "retry_after", non_negative_float, "S", "Retry-After of 429s (s)"),
+    ("--drop-rate", "drop_rate", fraction, "F", "fraction (0-1) of cut responses"),
+    ("--token-flake-rate", "token_flake_rate", fraction, "F", "fraction (0-1) of bare-400 token flakes"),
+    ("--export-seconds", "export_seconds", non_negative_float, "S", "bulk job duration (s)"),
+    ("--export-cooldown", "export_cooldown", non_negative_float, "S", "per client+Group kick-off window (s)"),
+    ("--export-resources-per-file", "export_resources_per_file", positive_int, "N", "bulk file split point"),
+    ("--export-retention", "export_retention", positive_float, "S", "bulk results lifetime (s)"),
     ("--export-since", "export_since", ("reject", "ignore"), None, "what _since gets (Epic: reject)"),
-    ("--export-synthetic-observations", "export_synthetic_observations", int, "N", "extra Observations"),
+    (
+        "--export-synthetic-observations",
+        "export_synthetic_observations",
+        non_negative_int,
+        "N",
+        "extra Observations",
+    ),
 )
 #: On/off flags: (flag, field, value when given, help).
 _SWITCHES: tuple[tuple[str, str, bool, str], ...] = (
@@ -77,12 +95,14 @@ def register(subparsers: Any) -> None:
         description="Serve an emulator of Epic's FHIR R4 and OAuth 2.0 servers (see docs/sandbox.md).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    parser.add_argument(
+        "--port", type=port_number, default=8765, help="port (default 8765; 0 = any free port)"
+    )
     for flag, metavar, text in _REPEATABLE:
         parser.add_argument(flag, action="append", default=[], metavar=metavar, help=f"{text} (repeatable)")
     parser.add_argument("--scope-style", choices=("v1", "v2", "epic"), default="v1", help="token scope style")
     parser.add_argument(
-        "--latency-ms", type=float, default=0.0, metavar="MS", help="added latency per request"
+        "--latency-ms", type=non_negative_float, default=0.0, metavar="MS", help="added latency per request"
     )
     defaults = SandboxConfig()
     for flag, name, kind, shown, text in _CONFIG_FLAGS:
@@ -180,16 +200,28 @@ async def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     sandbox = build_sandbox(args)
-    async with sandbox.serve(host=args.host, port=args.port) as base_url:
-        print(f"Epic sandbox emulator (seed {args.seed}, {args.patients} generated patients)")
-        print(f"FHIR base URL: {base_url}")
-        print(f"Token URL:     {sandbox.token_url}")
-        print(f"Stats:         {sandbox.origin}/__sandbox/stats")
-        print(f"Directory:     {sandbox.origin}/Endpoints/R4")
-        names = (
-            ", ".join(spec.partition("=")[0] for spec in args.client) or "none (use --client ID=JWKS_FILE)"
-        )
-        print(f"Clients:       {names}")
-        print("Press Ctrl-C to stop.", flush=True)
-        await anyio.sleep_forever()
+    try:
+        async with sandbox.serve(host=args.host, port=args.port) as base_url:
+            _announce(args, sandbox, base_url)
+            await anyio.sleep_forever()
+    except OSError as exc:  # the bind: a port in use, an address not on this machine, a privileged port
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        hint = " (another sandbox? choose another --port, or --port 0 for any free one)"
+        raise CLIError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror}"
+            + (hint if exc.errno == errno.EADDRINUSE else ""),
+            EXIT_FAILURE,
+        ) from None
     return 0
+
+
+def _announce(args: argparse.Namespace, sandbox: EpicSandbox, base_url: str) -> None:
+    print(f"Epic sandbox emulator (seed {args.seed}, {args.patients} generated patients)")
+    print(f"FHIR base URL: {base_url}")
+    print(f"Token URL:     {sandbox.token_url}")
+    print(f"Stats:         {sandbox.origin}/__sandbox/stats")
+    print(f"Directory:     {sandbox.origin}/Endpoints/R4")
+    names = ", ".join(spec.partition("=")[0] for spec in args.client) or "none (use --client ID=JWKS_FILE)"
+    print(f"Clients:       {names}")
+    print("Press Ctrl-C to stop.", flush=True)

@@ -8,7 +8,6 @@ and what usually causes it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +17,7 @@ import httpx
 
 from .._errors import EpicFHIRError
 from ..auth import BackendServicesAuth
+from ._common import add_password_argument, describe, load_key
 
 
 def register(subparsers: Any) -> None:
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--token-url", default=None, help="token endpoint (default: discovered)")
     parser.add_argument("--scope", default=None, help="scopes to request (optional at Epic)")
     parser.add_argument("--jku", default=None, help="JWK Set URL to send in the assertion header")
-    parser.add_argument("--password-env", default=None, help="environment variable holding the PEM password")
+    add_password_argument(parser)
     parser.add_argument("--show-token", action="store_true", help="also print the access token itself")
     parser.set_defaults(func=token)
 
@@ -43,21 +43,16 @@ def _http_client() -> httpx.AsyncClient:
 
 
 async def token(args: argparse.Namespace) -> int:
-    password = os.environ.get(args.password_env) if args.password_env else None
+    keys = load_key(args.key, args.password_env)
     try:
         auth = BackendServicesAuth(
-            args.client_id,
-            args.key,
-            token_url=args.token_url,
-            scope=args.scope,
-            jku=args.jku,
-            password=password,
+            args.client_id, keys, token_url=args.token_url, scope=args.scope, jku=args.jku
         )
         async with _http_client() as http:
             auth.bind(http_client=http, base_url=args.base_url)
             result = await auth.get_token()
     except EpicFHIRError as exc:  # TokenRequestError's str() carries Epic's error code and a hint
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {describe(exc, args.base_url)}", file=sys.stderr)
         return 1
     expires = (
         datetime.fromtimestamp(result.expires_at_wall, tz=timezone.utc).isoformat(timespec="seconds")

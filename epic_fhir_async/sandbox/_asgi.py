@@ -147,8 +147,12 @@ class AsgiServer:
         import uvicorn  # the "sandbox" extra
 
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()  # a port in use must not leak the socket (ResourceWarning)
+            raise
         real_port = sock.getsockname()[1]
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:

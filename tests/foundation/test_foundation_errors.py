@@ -71,7 +71,10 @@ def test_400_keeps_every_issue_and_epic_codes() -> None:
     assert err.operation_outcome.primary is not None
     assert err.operation_outcome.primary.epic_code == "59108"
     assert "59108" in str(err)
-    assert "category or code is required" in str(err)
+    assert "Required element missing" in str(err)  # Epic's code text stays in the message
+    # Diagnostics can hold patient data: on the error object only, never in str() (review P0).
+    assert "category or code is required" not in str(err)
+    assert err.issues[1].diagnostics == "category or code is required"
     assert err.url == "https://fhir.example.org/api/FHIR/R4/Observation"
 
 

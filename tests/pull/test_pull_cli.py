@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -113,4 +114,20 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert {"Patient.ndjson", "Observation.ndjson", "Condition.ndjson"} <= files
     assert "token request" in text
     assert "Next steps" in text
-    assert sum(read_out(out).values()) > 0
+    pulled = read_out(out)
+    assert sum(pulled.values()) > 0
+    # The bulk step ran: its line names what landed in out/bulk/, file by file (a broken step exits 1).
+    line = re.search(r"Bulk \$export of the sandbox Group into .*/bulk/: (.+)", text)
+    assert line is not None, text
+    printed = {t: int(n.replace(",", "")) for n, t in re.findall(r"(\d[\d,]*) (\w+)", line[1])}
+    bulk: Counter[tuple[str, str]] = Counter()
+    for path in (out / "bulk").glob("*.ndjson"):
+        rows = [_json.loads(raw) for raw in path.read_bytes().splitlines()]
+        assert rows, path
+        bulk.update((r["resourceType"], r["id"]) for r in rows if r["resourceType"] != "OperationOutcome")
+    assert max(bulk.values()) == 1
+    assert set(printed) == {"Patient", "Condition"}
+    assert printed == dict(Counter(rtype for rtype, _ in bulk))
+    assert min(printed.values()) > 0
+    # The sandbox Group is every patient the demo pulled: the export holds the same Patients and Conditions.
+    assert set(bulk) == {key for key in pulled if key[0] in printed}
