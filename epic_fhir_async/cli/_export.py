@@ -120,7 +120,7 @@ async def _run_job(
 
         def on_poll(event: BulkProgress) -> None:
             text = event.text or "running (no X-Progress)"
-            nxt = f", next poll in {event.next_poll:.0f} s" if event.next_poll else ""
+            nxt = f", next poll in {event.next_poll:.3g} s" if event.next_poll else ""  # 0.25 s, 30 s, 120 s
             progress.update(
                 server,
                 completed=event.percent if event.percent is not None else 0,
@@ -134,14 +134,16 @@ async def _run_job(
             server, completed=100, description=f"Server: complete ({len(manifest.outputs)} files)"
         )
         stats = BulkTransferStats()
-        files = progress.add_task("Files", total=len(manifest.outputs) + len(manifest.errors))
+        file_count = len(manifest.outputs) + len(manifest.errors)
+        files = progress.add_task("Files", total=file_count)
 
         def refresh() -> None:
             progress.update(
                 files,
                 completed=stats.files_done,
                 description=(
-                    f"Files {stats.files_done}/{stats.files_total} · {_size(stats.bytes)} · "
+                    # stats learns the total when the download starts; the first tick can come before it.
+                    f"Files {stats.files_done}/{stats.files_total or file_count} · {_size(stats.bytes)} · "
                     f"{stats.resources:,} resources"
                 ),
             )
