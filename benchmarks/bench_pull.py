@@ -5,6 +5,7 @@ anchors), answering every request 20 ms late. Printed in one run:
 
 * the SDK's ``client.pull`` at concurrency 16,
 * a hand-written anyio + httpx + orjson fan-out at concurrency 16 (target: SDK <= 1.2x this),
+* the SDK's bare ``async for item in client.pull(...)`` (rounds mode, for information),
 * a sequential loop of SDK searches,
 * the latency floor ``requests x latency / concurrency``,
 * the SDK's peak traced memory for 50 and for 500 patients (it must not grow with the patient count).
@@ -71,18 +72,35 @@ def _streams(patients: list[str], types: list[str]) -> list[tuple[str, dict[str,
     return out
 
 
-async def sdk_pull(base_url: str, token: str, patients: list[str], concurrency: int, types: list[str]) -> int:
+async def _sdk_pull(
+    base_url: str, token: str, patients: list[str], concurrency: int, types: list[str], *, bare: bool
+) -> int:
     n = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     templates = [f"{t}{'&' if '?' in t else '?'}_count={PAGE}" for t in types]
     async with (
         httpx.AsyncClient(limits=limits, timeout=60.0) as http,
         EpicFHIRClient(base_url, auth=StaticTokenAuth(token), http_client=http) as client,
-        client.pull(patients, templates, concurrency=concurrency) as stream,
     ):
-        async for _ in stream:
-            n += 1
+        if bare:
+            async for _ in client.pull(patients, templates, concurrency=concurrency):
+                n += 1
+            return n
+        async with client.pull(patients, templates, concurrency=concurrency) as stream:
+            async for _ in stream:
+                n += 1
     return n
+
+
+async def sdk_pull(base_url: str, token: str, patients: list[str], concurrency: int, types: list[str]) -> int:
+    return await _sdk_pull(base_url, token, patients, concurrency, types, bare=False)
+
+
+async def sdk_pull_bare(
+    base_url: str, token: str, patients: list[str], concurrency: int, types: list[str]
+) -> int:
+    """``async for item in client.pull(...)`` without ``async with``: rounds of ``concurrency`` pages."""
+    return await _sdk_pull(base_url, token, patients, concurrency, types, bare=True)
 
 
 async def sdk_sequential(
@@ -170,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
             ("SDK client.pull, concurrency 16", sdk_pull, CONCURRENCY),
             ("hand-written anyio+httpx+orjson, c16", handwritten, CONCURRENCY),
         ]
+        # For information (no target): the bare `async for` mode fetches in rounds, not overlapped with the
+        # consumer, so each round waits for its slowest page.
+        drivers.append(("SDK bare async for (rounds), c16", sdk_pull_bare, CONCURRENCY))
         if not args.quick:
             drivers.append(("SDK sequential search loop", sdk_sequential, 1))
         expected = len(patients) * len(TYPES) * PAGE * PAGES

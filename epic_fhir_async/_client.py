@@ -157,7 +157,9 @@ class EpicFHIRClient(HTTPLayer):
         buffer: int = 16,
         keep_outcomes: bool = True,
     ) -> PullStream:
-        """Pull ``types`` for every patient concurrently: ``async with client.pull(...) as s: async for item in s``.
+        """Pull ``types`` for every patient concurrently: ``async with client.pull(...) as s: async for item in s``
+        (fetching overlaps your processing), or a bare ``async for item in client.pull(...)`` (rounds of up to
+        ``concurrency`` pages fetched inside the loop's steps; nothing runs between items).
 
         ``types`` are resource types or query templates (``"Observation?category=laboratory"``), expanded by
         Epic's search rules unless ``expand=False``; at most ``concurrency`` searches run at once; ``buffer``

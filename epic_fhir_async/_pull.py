@@ -10,8 +10,10 @@ object that *owns* its task group between ``__aenter__`` and ``__aexit__``::
             ...
 
 Leaving the block (``break``, an exception, the caller being cancelled) cancels every request in flight
-and waits for the tasks to finish: no task outlives the ``async with``. Iterating without entering it is a
-``TypeError`` with that hint.
+and waits for the tasks to finish: no task outlives the ``async with``. Iterated without entering it
+(``async for item in client.pull(...)``), the pull runs in rounds inside ``__anext__`` instead
+(:mod:`._pull_rounds`): nothing runs between items, at the price of not overlapping fetching with the
+consumer's work. Both modes advance a stream with the one :meth:`PullStream._step`.
 
 Inside, one coordinator task reads patient ids lazily and starts one task per (patient, query) stream only
 when the ``CapacityLimiter`` grants a slot, so at most ``concurrency`` searches (each one request at a time)
@@ -24,10 +26,10 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -35,8 +37,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._checkpoint import StreamCheckpoint
 from ._config import LOGGER_NAME
 from ._errors import ConfigurationError, PullError
-from ._outcome import OperationOutcome
-from ._pull_plan import EpicExpansion, PatientIds, PullQuery, expand_queries, unique_ids
+from ._pull_plan import EpicExpansion, PatientIds, PullQuery, UniqueIds, expand_queries
+from ._pull_rounds import Rounds
 from ._pull_types import (
     Chunk,
     Counters,
@@ -46,6 +48,8 @@ from ._pull_types import (
     PullProgress,
     Searcher,
     StreamOutcomes,
+    StreamState,
+    close_pages,
     stops_everything,
 )
 
@@ -57,7 +61,12 @@ OnError = Literal["raise", "collect"]
 
 
 class PullStream:
-    """A running pull: ``async with`` it, then ``async for item in stream``.
+    """A pull: ``async with`` it, then ``async for item in stream``; or a bare ``async for item in stream``.
+
+    Inside ``async with``, up to ``concurrency`` streams run in tasks while you consume and ``buffer`` pages
+    wait for you. A bare ``async for`` fetches in rounds within each step of the loop (up to ``concurrency``
+    pages at once, held until handed out) and runs nothing between items, so a ``break`` needs no cleanup;
+    :meth:`aclose` also closes an async iterable of patient ids. Prefer ``async with`` for throughput.
 
     ``failures`` lists the failed streams (``on_error="collect"``); ``outcomes`` the Epic warnings per
     stream (when ``keep_outcomes``); ``progress`` is the latest counter snapshot.
@@ -116,7 +125,8 @@ class PullStream:
         self._drain = False  # deliver the pages already fetched before raising _fatal
         self._held: set[object] = set()
         self._started_at = 0.0
-        self._state: Literal["new", "running", "closed"] = "new"
+        self._state: Literal["new", "running", "rounds", "closed"] = "new"
+        self._rounds: Rounds | None = None
 
     def __repr__(self) -> str:
         c = self._c
@@ -163,16 +173,20 @@ class PullStream:
 
     # -- consumer side ---------------------------------------------------------------------------------
     def __aiter__(self) -> PullStream:
-        if self._state != "running":
-            raise TypeError(
-                "iterate a pull inside its context: `async with client.pull(...) as stream: async for item in "
-                "stream` (the context owns the task group, so leaving it cancels the work)"
-            )
+        if self._state == "new":
+            # A bare ``async for``: no context owns a task group, so the pull runs in rounds within __anext__
+            # (see _pull_rounds); nothing runs between items.
+            self._rounds = Rounds(self)
+            self._state = "rounds"
+            self._started_at = anyio.current_time()
+            self._emit("started")
         return self
 
     async def __anext__(self) -> PullItem:
         while True:
             if self._fatal is not None and not self._drain:
+                if self._rounds is not None:
+                    await self._rounds.aclose()
                 raise self._fatal
             chunk = self._chunk
             if chunk is not None:
@@ -183,19 +197,38 @@ class PullStream:
                 self._chunk = None
                 if chunk.last:
                     await self._finish_stream(chunk)
-            if self._receive is None or self._state != "running":
+            if self._state == "running" and self._receive is not None:
+                try:
+                    self._chunk = await self._receive.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    self._chunk = None
+            elif self._state == "rounds" and self._rounds is not None:
+                self._chunk = await self._rounds.next_chunk()
+            else:
                 raise StopAsyncIteration
-            try:
-                self._chunk = await self._receive.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                self._chunk = None
             if self._chunk is None:  # all producers are gone (outside the except: keep the error's own cause)
+                if self._rounds is not None:
+                    await self._rounds.aclose()
                 if self._fatal is not None:
                     raise self._fatal
                 self._state = "closed"
                 self._emit("finished")
                 raise StopAsyncIteration
             self._index = 0
+
+    async def aclose(self) -> None:
+        """End a bare ``async for`` early: close its page iterators and an async iterable of patient ids.
+
+        Between items nothing runs, so a ``break`` alone leaves no task and sends no request; ``aclose()`` (or
+        ``contextlib.aclosing(client.pull(...))``) also closes your async iterable of ids at once. Inside
+        ``async with`` it does nothing: leaving the block ends the pull.
+        """
+        if self._state == "running":
+            return
+        self._state = "closed"
+        self._chunk = None  # its stream is not finished: no checkpoint for it
+        if self._rounds is not None:
+            await self._rounds.aclose()
 
     async def _finish_stream(self, chunk: Chunk) -> None:
         # Runs in the consumer's task after the stream's last resource was consumed: the point where a
@@ -231,21 +264,9 @@ class PullStream:
             async with anyio.create_task_group() as streams:
                 self._streams_scope = streams.cancel_scope
                 try:
-                    async with aclosing(unique_ids(self._patients)) as patient_ids:
+                    async with aclosing(UniqueIds(self._patients)) as patient_ids:
                         async for patient_id in patient_ids:
-                            c.patients_seen += 1
-                            todo = [
-                                q
-                                for q in self.queries
-                                if self._checkpoint is None
-                                or not self._checkpoint.is_complete(patient_id, q.label)
-                            ]
-                            c.streams_skipped += len(self.queries) - len(todo)
-                            if not todo:
-                                c.patients_done += 1
-                                continue
-                            c.remaining[patient_id] = c.remaining.get(patient_id, 0) + len(todo)
-                            for query in todo:
+                            for query in self._admit(patient_id):
                                 token = object()
                                 await self._limiter.acquire_on_behalf_of(token)
                                 self._held.add(token)
@@ -259,47 +280,76 @@ class PullStream:
             self._held.clear()
             send.close()
 
-    async def _run_stream(self, patient_id: str, query: PullQuery, token: object) -> None:
+    def _admit(self, patient_id: str) -> list[PullQuery]:
+        """Count a new patient and return its streams still to pull (the checkpoint's completed ones skipped)."""
         c = self._c
-        outcomes: list[OperationOutcome] = []
-        label = query.label
-        pages: AsyncIterator[Any] | None = None
-        failed: Exception | None = None
+        c.patients_seen += 1
+        checkpoint = self._checkpoint
+        todo = [
+            q for q in self.queries if checkpoint is None or not checkpoint.is_complete(patient_id, q.label)
+        ]
+        c.streams_skipped += len(self.queries) - len(todo)
+        if not todo:
+            c.patients_done += 1
+        else:
+            c.remaining[patient_id] = c.remaining.get(patient_id, 0) + len(todo)
+        return todo
+
+    async def _run_stream(self, patient_id: str, query: PullQuery, token: object) -> None:
+        # The `async with` mode: one task walks the whole stream, each page sent to the consumer's buffer.
+        stream = StreamState(patient_id, query)
         try:
-            try:
-                pages = self._client.search(query.resource_type, **query.params_for(patient_id)).pages()
-                async for page in pages:
-                    resources = page.resources
-                    c.pages += 1
-                    c.resources += len(resources)
-                    if page.outcomes:
-                        outcomes.extend(page.outcomes)
-                    self._emit("page")
-                    if resources:
-                        await self._deliver(Chunk(patient_id, label, resources))
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                raise
-            except Exception as exc:
-                # Decided before the awaits below, so a setup failure cancels the other streams before they
-                # start a token request of their own.
-                if not self._collects(exc, patient_id, label):
-                    return
-                failed = exc
-            finally:
-                # Cancelled or failed between pages, the page generator sits at a yield: close it now
-                # (shielded, it only runs its finally blocks) rather than whenever it is collected.
-                aclose = getattr(pages, "aclose", None)
-                if aclose is not None:
-                    with anyio.CancelScope(shield=True):
-                        await aclose()
-            await self._deliver(
-                Chunk(patient_id, label, (), last=True, outcomes=tuple(outcomes), error=failed)
-            )
+            while True:
+                chunk = await self._step(stream)
+                if chunk is None:
+                    break
+                if chunk.resources or chunk.last:
+                    await self._deliver(chunk)
+                if chunk.last:
+                    break
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the consumer left: nothing to deliver to
         finally:
+            await close_pages(stream)
             self._held.discard(token)
             self._limiter.release_on_behalf_of(token)
+
+    async def _step(self, stream: StreamState) -> Chunk | None:
+        """Fetch the next page of ``stream``: a chunk of its resources, or its end (``last``, with the outcomes
+        and a collected error), or ``None`` when its error ended the whole pull. Both modes advance streams
+        with this alone, so errors, outcomes and counters are the same in both."""
+        query = stream.query
+        failed: Exception | None = None
+        try:
+            pages = stream.pages
+            if pages is None:
+                search = self._client.search(query.resource_type, **query.params_for(stream.patient_id))
+                pages = stream.pages = aiter(search.pages())
+            page = await pages.__anext__()
+        except StopAsyncIteration:
+            pass
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise
+        except Exception as exc:
+            # Decided before the awaits below, so a setup failure cancels the other streams before they
+            # start a token request of their own.
+            if not self._collects(exc, stream.patient_id, query.label):
+                await close_pages(stream)
+                return None
+            failed = exc
+        else:
+            resources = page.resources
+            c = self._c
+            c.pages += 1
+            c.resources += len(resources)
+            if page.outcomes:
+                stream.outcomes.extend(page.outcomes)
+            self._emit("page")
+            return Chunk(stream.patient_id, query.label, resources)
+        await close_pages(stream)
+        return Chunk(
+            stream.patient_id, query.label, (), last=True, outcomes=tuple(stream.outcomes), error=failed
+        )
 
     async def _deliver(self, chunk: Chunk) -> None:
         # Shielded: what was fetched reaches the buffer even while a setup failure cancels the streams, so

@@ -17,13 +17,13 @@ searched Observation without a category), so by default the rules below add what
 * every other type gets ``patient=<id>`` (§3.3: clinical types need ``patient``; AllergyIntolerance
   without it is even a 403).
 
-With expansion off, templates are used verbatim plus ``patient=<id>``. :func:`unique_ids` reads the
+With expansion off, templates are used verbatim plus ``patient=<id>``. :class:`UniqueIds` reads the
 patient ids (checked, each once) for the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
@@ -31,7 +31,7 @@ import anyio
 
 from ._errors import ConfigurationError
 
-__all__ = ["EpicExpansion", "PatientIds", "PullQuery", "expand_queries", "unique_ids"]
+__all__ = ["EpicExpansion", "PatientIds", "PullQuery", "UniqueIds", "expand_queries"]
 
 #: What a pull accepts as patients: ids in any (async) iterable, read lazily.
 PatientIds = Iterable[str] | AsyncIterable[str]
@@ -192,29 +192,47 @@ def _check_id(patient_id: object) -> str:
     return patient_id
 
 
-async def unique_ids(patients: PatientIds) -> AsyncGenerator[str, None]:
-    """The checked patient ids, each once, in first-seen order.
+class UniqueIds:
+    """The checked patient ids, each once, in first-seen order: ``async for pid in UniqueIds(patients)``.
 
     A repeated id would pull the same streams twice (duplicate items, and a checkpoint would see the patient
-    finish twice), so repeats are skipped; the set of ids seen is the pull's only per-patient memory.
+    finish twice), so repeats are skipped; the set of ids seen is the pull's only per-patient memory. A plain
+    iterator class, not an async generator: a bare ``async for`` over a pull can be left with ``break`` and
+    then nothing of ours is left for the garbage collector to finalise (which trio reports as an error).
     """
-    seen: set[str] = set()
-    if isinstance(patients, AsyncIterable):
-        iterator = aiter(patients)
-        try:
-            async for pid in iterator:
-                if _check_id(pid) not in seen:
-                    seen.add(pid)
-                    yield pid
-        finally:
-            # An async generator of ids is ours alone once handed to the pull: close it here, in this task,
-            # rather than leave it to the garbage collector (which trio reports as an error).
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
-    else:
-        for pid in patients:
+
+    __slots__ = ("_async", "_seen", "_sync")
+
+    def __init__(self, patients: PatientIds) -> None:
+        self._seen: set[str] = set()
+        self._async: AsyncIterator[str] | None = None
+        self._sync: Iterator[str] | None = None
+        if isinstance(patients, AsyncIterable):
+            self._async = aiter(patients)
+        else:
+            self._sync = iter(patients)
+
+    def __aiter__(self) -> UniqueIds:
+        return self
+
+    async def __anext__(self) -> str:
+        seen = self._seen
+        while True:
+            if self._sync is not None:
+                try:
+                    pid = next(self._sync)
+                except StopIteration:
+                    raise StopAsyncIteration from None
+            else:
+                assert self._async is not None
+                pid = await self._async.__anext__()
             if _check_id(pid) not in seen:
                 seen.add(pid)
-                yield pid
+                return pid
+
+    async def aclose(self) -> None:
+        """Close an async iterator of ids: once handed to the pull it is ours alone, so close it in this task."""
+        aclose = getattr(self._async, "aclose", None)
+        if aclose is not None:
+            with anyio.CancelScope(shield=True):
+                await aclose()

@@ -6,8 +6,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import anyio
+
 from ._errors import AuthError, Unauthorized
 from ._outcome import OperationOutcome
+from ._pull_plan import PullQuery
 from .auth._manager import is_token_failure
 
 __all__ = ["PullFailure", "PullItem", "PullProgress", "StreamOutcomes"]
@@ -128,6 +131,27 @@ class Chunk:
     last: bool = False
     outcomes: tuple[OperationOutcome, ...] = ()
     error: Exception | None = None
+
+
+@dataclass(slots=True, repr=False)  # no repr: it holds a patient id
+class StreamState:
+    """One (patient, query) stream between its pages: its page iterator (opened by the first step) and the
+    outcomes gathered so far. Advanced one page at a time, by one task or by a new task each round."""
+
+    patient_id: str
+    query: PullQuery
+    pages: AsyncIterator[Any] | None = None
+    outcomes: list[OperationOutcome] = field(default_factory=list)
+
+
+async def close_pages(stream: StreamState) -> None:
+    """Close a stream's page iterator now, not whenever it is collected (an async generator of pages left at
+    a yield); shielded, it only runs its finally blocks. The stream is not stepped again afterwards."""
+    pages, stream.pages = stream.pages, None
+    aclose = getattr(pages, "aclose", None)
+    if aclose is not None:
+        with anyio.CancelScope(shield=True):
+            await aclose()
 
 
 @dataclass(slots=True)

@@ -40,6 +40,11 @@ async def main() -> None:
     patient_ids = list(sandbox.dataset.patient_ids)
     token = sandbox.issue_token("example-pull")  # the sandbox's shortcut; use BackendServicesAuth for Epic
     checkpoint = await PullCheckpoint.load(Path("pull-checkpoint.json"))
+    if len(checkpoint):
+        # A re-run fetches only the streams a crash (or a failure) left unfinished.
+        print(
+            f"resuming: {len(checkpoint)} streams already complete (delete pull-checkpoint.json to pull again)"
+        )
     per_type: Counter[str] = Counter()
     async with EpicFHIRClient(
         sandbox.base_url, auth=StaticTokenAuth(token), transport=sandbox.transport()

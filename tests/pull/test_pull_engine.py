@@ -257,10 +257,15 @@ async def test_resume_after_a_crash_gives_the_clean_set_once(tmp_path: Any) -> N
     )  # completed streams were not fetched again
 
 
-async def test_iterating_without_async_with_is_a_clear_error() -> None:
-    stream = pull(FakeSearcher(), PATIENTS, TYPES)
-    with pytest.raises(TypeError, match="async with"):
-        async for _ in stream:
+async def test_iterating_without_async_with_runs_the_pull_in_rounds() -> None:
+    expected = await sequential(FakeSearcher(), PATIENTS, TYPES)
+    searcher = FakeSearcher()
+    stream = pull(searcher, PATIENTS, TYPES)
+    got = [(item.patient_id, item.query, item.resource["id"]) async for item in stream]
+    assert sorted(got) == sorted(expected)
+    assert searcher.running == 0
+    with pytest.raises(RuntimeError, match="entered only once"):
+        async with stream:
             pass
 
 
