@@ -26,7 +26,7 @@ import httpx
 
 from . import _json
 from ._bulk_manifest import BulkFileRef
-from ._bulk_read import line_limit, open_file
+from ._bulk_read import FILE_RETRIES, file_failed, line_limit, open_file
 from ._bulk_stream import unwrap_group
 from ._config import LOGGER_NAME
 from ._errors import BulkExportError, TransportError, redact_url
@@ -43,7 +43,6 @@ logger = logging.getLogger(f"{LOGGER_NAME}.bulk")
 #: The bookkeeping file a download keeps in its directory.
 SIDECAR_NAME = ".epic-fhir-export.json"
 _WRITE_BYTES = 1024 * 1024
-_FILE_RETRIES = 3
 
 
 @dataclass
@@ -149,16 +148,12 @@ async def _fetch_to(
             break
         except (httpx.TransportError, TransportError) as exc:
             attempt += 1
-            if attempt > _FILE_RETRIES:
+            if attempt > FILE_RETRIES:
                 await tmp.unlink(missing_ok=True)
-                raise BulkExportError(
-                    f"downloading bulk file {redact_url(ref.url)} kept failing: {exc}"
-                ) from exc
+                raise file_failed(ref, exc) from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # an undecodable body, a malformed redirect
             await tmp.unlink(missing_ok=True)
-            raise BulkExportError(
-                f"downloading bulk file {redact_url(ref.url)} failed: {type(exc).__name__}"
-            ) from exc
+            raise file_failed(ref, exc) from exc
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await tmp.unlink(missing_ok=True)

@@ -34,11 +34,20 @@ from .auth._base import same_origin
 if TYPE_CHECKING:
     from ._bulk import BulkExportJob
 
-__all__ = ["NDJSON_ACCEPT", "file_batches", "line_limit", "open_file"]
+__all__ = ["FILE_RETRIES", "NDJSON_ACCEPT", "file_batches", "file_failed", "line_limit", "open_file"]
 
 NDJSON_ACCEPT = "application/fhir+ndjson"
-#: A file whose connection drops mid-body is re-requested this many times (lines already read are skipped).
-_BODY_RETRIES = 3
+#: A file whose connection drops mid-body is re-requested this many times (lines already read are skipped;
+#: a download to disk starts the file again).
+FILE_RETRIES = 3
+
+
+def file_failed(ref: BulkFileRef, exc: Exception) -> BulkExportError:
+    """The error for a file whose download failed: after :data:`FILE_RETRIES` cut connections (their message
+    names no URL), or at once for an undecodable body or a malformed redirect (only the type is shown)."""
+    if isinstance(exc, (httpx.TransportError, TransportError)):
+        return BulkExportError(f"downloading bulk file {redact_url(ref.url)} kept failing: {exc}")
+    return BulkExportError(f"downloading bulk file {redact_url(ref.url)} failed: {type(exc).__name__}")
 
 
 @asynccontextmanager
@@ -149,16 +158,12 @@ async def file_batches(
             break
         except (httpx.TransportError, TransportError) as exc:
             attempt += 1
-            if attempt > _BODY_RETRIES:
-                raise BulkExportError(
-                    f"downloading bulk file {redact_url(ref.url)} kept failing: {exc}"
-                ) from exc
+            if attempt > FILE_RETRIES:
+                raise file_failed(ref, exc) from exc
         except NDJSONError as exc:
             raise BulkExportError(f"bulk file {redact_url(ref.url)} ({ref.type}): {exc}") from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # an undecodable body, a malformed redirect
-            raise BulkExportError(
-                f"downloading bulk file {redact_url(ref.url)} failed: {type(exc).__name__}"
-            ) from exc
+            raise file_failed(ref, exc) from exc
     if verify and ref.count is not None and delivered != ref.count:
         raise BulkExportError(
             f"bulk file {redact_url(ref.url)} ({ref.type}) held {delivered} resources; the manifest says {ref.count}"
