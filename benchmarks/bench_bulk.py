@@ -1,4 +1,4 @@
-"""Scenario C of perf-anchors.md: download and parse a Bulk $export NDJSON output from the served sandbox.
+"""Scenario C: download and parse a Bulk $export NDJSON output from the served sandbox.
 
 The sandbox runs in a child process on 127.0.0.1 (its CPU is not ours) with the bulk server's synthetic
 Observations (files of 3,000 resources, Epic's cap). One export is kicked off and every driver reads the same
@@ -34,7 +34,7 @@ import httpx
 import orjson
 
 from epic_fhir_async import EpicFHIRClient, StaticTokenAuth
-from epic_fhir_async._bulk_manifest import PollCadence
+from epic_fhir_async.bulk._manifest import PollCadence
 
 NAME = "bulk"
 CLIENT_ID = "bench-bulk"
@@ -123,7 +123,7 @@ async def sdk(base_url: str, token: str, status_url: str, concurrency: int) -> t
 
 
 async def _raw_file(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> int:
-    """One file: an httpx stream, bytes split by hand, ``orjson.loads`` per line (perf-anchors.md, C)."""
+    """One file: an httpx stream, bytes split by hand, ``orjson.loads`` per line."""
     n = 0
     async with http.stream("GET", url, headers=headers) as response:
         response.raise_for_status()

@@ -1,4 +1,4 @@
-"""Scenario B of perf-anchors.md: 200 patient searches (50 patients x 4 types, 5 pages of 100) at 20 ms/request.
+"""Scenario B: 200 patient searches (50 patients x 4 types, 5 pages of 100) at 20 ms/request.
 
 The sandbox is served on 127.0.0.1 from a child process (so its CPU is not counted in ours, as in the
 anchors), answering every request 20 ms late. Printed in one run:
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             drivers.append(("SDK sequential search loop", sdk_sequential, 1))
         expected = len(patients) * len(TYPES) * PAGE * PAGES
         # Interleaved runs (A B A B ...), medians per driver and the median of the per-round ratios: the
-        # machine is shared and noisy, so paired ratios are the dependable figure (as in perf-anchors.md).
+        # machine is shared and noisy, so paired ratios are the dependable figure.
         runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in drivers}
         for round_ in range(args.repeat):
             shift = round_ % 2  # the SDK and the hand-written loop take turns to go first

@@ -1,4 +1,4 @@
-"""Scenario A of perf-anchors.md: one 100,000-resource search, 100 pages of 1000 Observations (~1.7 KB each).
+"""Scenario A: one 100,000-resource search, 100 pages of 1000 Observations (~1.7 KB each).
 
 A raw asyncio HTTP/1.1 server in a child process serves pre-rendered pages from 127.0.0.1 (so it is never the
 bottleneck and its CPU is not counted). Printed in one run (interleaved rounds,
@@ -46,7 +46,10 @@ def _observations() -> list[dict[str, Any]]:
 
 
 def render_pages(origin: str, pages: int) -> list[bytes]:
-    """``pages`` Epic-shaped searchset Bundles; page k links to ``sessionID=<k+1>-<hex>`` (§3.5)."""
+    """``pages`` Epic-shaped searchset Bundles; page k links to ``sessionID=<k+1>-<hex>``.
+
+    The next links look like Epic's (docs/epic-notes.md §3.5).
+    """
     base = origin + PATH
     template = _observations()
     out: list[bytes] = []

@@ -28,15 +28,10 @@ from typing import Any
 import anyio
 
 from benchmarks._soak_report import SoakReport, count_sdk_logs, open_sockets, peak_rss_mb, running_tasks
-from epic_fhir_async import (
-    BackendServicesAuth,
-    EpicFHIRClient,
-    EpicFHIRError,
-    generate_private_key,
-    public_jwks,
-)
-from epic_fhir_async._bulk_manifest import PollCadence
+from epic_fhir_async import BackendServicesAuth, EpicFHIRClient, EpicFHIRError
 from epic_fhir_async._retry import RetryPolicy
+from epic_fhir_async.auth import generate_private_key, public_jwks
+from epic_fhir_async.bulk._manifest import PollCadence
 from epic_fhir_async.sandbox import EpicSandbox, SandboxFaults
 
 CLIENT_ID = "soak-client"

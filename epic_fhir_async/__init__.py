@@ -4,25 +4,21 @@
         async for obs in client.search("Observation", patient=pid, category="vital-signs"):
             ...
 
-Everything public is re-exported here; modules whose names start with ``_`` are private.
+Here: the client, searches, OperationOutcome, retries, the auth methods and the error tree. The parts of
+the larger features live in sub-namespaces: :mod:`epic_fhir_async.pull` (concurrent pulls),
+:mod:`epic_fhir_async.bulk` (Bulk Data ``$export``), :mod:`epic_fhir_async.auth` (keys, the token manager
+and cache, SMART launch details), :mod:`epic_fhir_async.sandbox` (the Epic emulator). Modules whose names
+start with ``_`` are private.
 """
 
 from __future__ import annotations
 
+import importlib as _importlib
 import logging as _logging
+import warnings as _warnings
+from typing import Any as _Any
 
-from ._bulk import BulkExportJob as BulkExportJob
-from ._bulk_download import BulkDownloadResult as BulkDownloadResult
-from ._bulk_download import BulkTransferStats as BulkTransferStats
-from ._bulk_kickoff import BulkExportStart as BulkExportStart
-from ._bulk_manifest import BulkFileRef as BulkFileRef
-from ._bulk_manifest import BulkManifest as BulkManifest
-from ._bulk_manifest import BulkProgress as BulkProgress
-from ._bulk_manifest import PollCadence as PollCadence
-from ._bulk_stream import BulkResourceStream as BulkResourceStream
 from ._bundle import Page as Page
-from ._checkpoint import PullCheckpoint as PullCheckpoint
-from ._checkpoint import StreamCheckpoint as StreamCheckpoint
 from ._client import EpicFHIRClient as EpicFHIRClient
 from ._errors import AuthError as AuthError
 from ._errors import AuthorizationDenied as AuthorizationDenied
@@ -56,80 +52,91 @@ from ._errors import UnexpectedContentError as UnexpectedContentError
 from ._errors import UnprocessableEntity as UnprocessableEntity
 from ._errors import UnsafeURLError as UnsafeURLError
 from ._errors import UntrustedIssuer as UntrustedIssuer
+from ._http import RetryTransport as RetryTransport
 from ._outcome import OperationOutcome as OperationOutcome
 from ._outcome import OutcomeIssue as OutcomeIssue
-from ._pull import PullStream as PullStream
-from ._pull_plan import EpicExpansion as EpicExpansion
-from ._pull_types import PullFailure as PullFailure
-from ._pull_types import PullItem as PullItem
-from ._pull_types import PullProgress as PullProgress
-from ._pull_types import StreamOutcomes as StreamOutcomes
 from ._retry import RetryPolicy as RetryPolicy
-from ._retry import RetryTransport as RetryTransport
 from ._search import SearchQuery as SearchQuery
 from ._version import __version__ as __version__
 from .auth import AccessToken as AccessToken
-from .auth import AuthorizationRequest as AuthorizationRequest
 from .auth import BackendServicesAuth as BackendServicesAuth
 from .auth import ClientSecretAuth as ClientSecretAuth
 from .auth import EpicAuth as EpicAuth
-from .auth import IdTokenVerifier as IdTokenVerifier
-from .auth import InMemoryTokenCache as InMemoryTokenCache
-from .auth import InsecureKeyFileWarning as InsecureKeyFileWarning
 from .auth import RefreshTokenAuth as RefreshTokenAuth
-from .auth import SigningKey as SigningKey
 from .auth import SmartAuth as SmartAuth
 from .auth import SmartLaunch as SmartLaunch
 from .auth import SmartTokenSet as SmartTokenSet
 from .auth import StaticTokenAuth as StaticTokenAuth
-from .auth import TokenCache as TokenCache
-from .auth import TokenManager as TokenManager
-from .auth import generate_private_key as generate_private_key
-from .auth import load_private_keys as load_private_keys
-from .auth import private_key_pem as private_key_pem
-from .auth import public_jwks as public_jwks
 
 # A library adds only a NullHandler: records go where the application's logging config sends them, and
 # nowhere (not to logging's last-resort stderr handler) when it has none.
 _logging.getLogger("epic_fhir_async").addHandler(_logging.NullHandler())
 
-# -- core client (issue: Core) --
-# -- auth (issue: Auth) --
-# -- pull (issue: Pull) --
-# -- bulk (issue: Bulk) --
+#: Names that lived here before 0.2 and now live in a sub-namespace: still importable from here, with a
+#: DeprecationWarning that names the new place.
+_MOVED: dict[str, str] = {
+    "BulkDownloadResult": "bulk",
+    "BulkExportJob": "bulk",
+    "BulkExportStart": "bulk",
+    "BulkFileRef": "bulk",
+    "BulkManifest": "bulk",
+    "BulkProgress": "bulk",
+    "BulkResourceStream": "bulk",
+    "BulkTransferStats": "bulk",
+    "PollCadence": "bulk",
+    "EpicExpansion": "pull",
+    "PullCheckpoint": "pull",
+    "PullFailure": "pull",
+    "PullItem": "pull",
+    "PullProgress": "pull",
+    "PullStream": "pull",
+    "StreamCheckpoint": "pull",
+    "StreamOutcomes": "pull",
+    "AuthorizationRequest": "auth",
+    "IdTokenVerifier": "auth",
+    "InMemoryTokenCache": "auth",
+    "InsecureKeyFileWarning": "auth",
+    "SigningKey": "auth",
+    "TokenCache": "auth",
+    "TokenManager": "auth",
+    "generate_private_key": "auth",
+    "load_private_keys": "auth",
+    "private_key_pem": "auth",
+    "public_jwks": "auth",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    namespace = _MOVED.get(name)
+    if namespace is None:
+        raise AttributeError(f"module 'epic_fhir_async' has no attribute {name!r}")
+    _warnings.warn(
+        f"epic_fhir_async.{name} moved to epic_fhir_async.{namespace}.{name}: import it from there",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(_importlib.import_module(f"epic_fhir_async.{namespace}"), name)
+
 
 __all__ = [
     "AccessToken",
     "AuthError",
     "AuthorizationDenied",
-    "AuthorizationRequest",
     "BackendServicesAuth",
     "BadRequest",
-    "BulkDownloadResult",
     "BulkExportError",
-    "BulkExportJob",
-    "BulkExportStart",
     "BulkExportTooSoon",
-    "BulkFileRef",
-    "BulkManifest",
-    "BulkProgress",
-    "BulkResourceStream",
-    "BulkTransferStats",
     "ClientClosed",
     "ClientSecretAuth",
     "CodeExchangeError",
     "ConfigurationError",
     "Conflict",
     "EpicAuth",
-    "EpicExpansion",
     "EpicFHIRClient",
     "EpicFHIRError",
     "FHIRStatusError",
     "Forbidden",
     "IdTokenError",
-    "IdTokenVerifier",
-    "InMemoryTokenCache",
-    "InsecureKeyFileWarning",
     "LaunchError",
     "LaunchStateError",
     "MethodNotAllowed",
@@ -138,13 +145,7 @@ __all__ = [
     "OutcomeIssue",
     "Page",
     "PagingError",
-    "PollCadence",
-    "PullCheckpoint",
     "PullError",
-    "PullFailure",
-    "PullItem",
-    "PullProgress",
-    "PullStream",
     "RateLimited",
     "ReauthorizationRequired",
     "RefreshTokenAuth",
@@ -155,15 +156,10 @@ __all__ = [
     "SearchQuery",
     "ServerError",
     "SessionExpired",
-    "SigningKey",
     "SmartAuth",
     "SmartLaunch",
     "SmartTokenSet",
     "StaticTokenAuth",
-    "StreamCheckpoint",
-    "StreamOutcomes",
-    "TokenCache",
-    "TokenManager",
     "TokenRequestError",
     "TransportError",
     "Unauthorized",
@@ -171,9 +167,5 @@ __all__ = [
     "UnprocessableEntity",
     "UnsafeURLError",
     "UntrustedIssuer",
-    "generate_private_key",
-    "load_private_keys",
-    "private_key_pem",
-    "public_jwks",
     "__version__",
 ]

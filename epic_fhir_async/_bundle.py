@@ -1,8 +1,9 @@
 """Bundle helpers and :class:`Page`: one searchset page split into data, outcomes and includes.
 
-Resources stay the plain dicts orjson returned (DESIGN.md §7: no per-resource objects). Epic puts
-OperationOutcome warnings inside searchsets as ``search.mode == "outcome"`` entries (epic-behaviour.md §3.6);
-they go to ``Page.outcomes`` and are never yielded as data.
+Resources stay the plain dicts orjson returned: no per-resource wrapper objects, since JSON parsing is
+already the main cost of a page. Epic puts OperationOutcome warnings inside searchsets as
+``search.mode == "outcome"`` entries (docs/epic-notes.md §3.6); they go to ``Page.outcomes`` and are never
+yielded as data.
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ def parse_page(bundle: Any) -> Page:
     if isinstance(entries, list):
         append = resources.append
         for entry in entries:
-            # Epic marks every entry (§3.6): a match is decided with plain subscripts and without reading the
-            # resource (0.6 instead of 0.8 ms per 1000-entry page, mostly cache misses on the entries).
+            # Epic marks every entry (docs/epic-notes.md §3.6): a match is decided by plain subscripts,
+            # without reading the resource (0.6 instead of 0.8 ms per 1000-entry page, mostly cache misses on
+            # the entries).
             try:
                 if entry["search"]["mode"] == "match":
                     resource = entry["resource"]

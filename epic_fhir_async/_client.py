@@ -8,40 +8,36 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
-from ._bundle import Page, parse_page
 from ._config import (
-    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
     FHIR_JSON,
     MAX_NDJSON_LINE_BYTES,
     MAX_RESPONSE_BYTES,
     USER_AGENT,
 )
-from ._errors import ClientClosed, ConfigurationError, EpicFHIRError, redact_url
-from ._fhir_ids import check_id, check_operation, check_type
-from ._http_layer import HTTPLayer
-from ._retry import RetryPolicy, RetryTransport
+from ._errors import ClientClosed, ConfigurationError, EpicFHIRError
+from ._http import HTTPSession
+from ._retry import RetryPolicy
 from ._search import SearchQuery
-from .auth._base import EpicAuth, is_loopback
+from ._urls import check_id, check_operation, check_type, is_loopback, redact_url
+from .auth._epic_auth import EpicAuth
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     import anyio
 
-    from ._bulk import BulkExportJob
-    from ._bulk_kickoff import BulkExportStart
-    from ._bulk_manifest import PollCadence
-    from ._checkpoint import StreamCheckpoint
-    from ._pull import PullStream
-    from ._pull_plan import EpicExpansion
-    from ._pull_types import PullProgress
+    from .bulk import BulkExportJob, BulkExportStart, PollCadence
+    from .pull import EpicExpansion, PullProgress, PullStream, StreamCheckpoint
 
 __all__ = ["EpicFHIRClient"]
 
 
-class EpicFHIRClient(HTTPLayer):
+class EpicFHIRClient:
     """Async client for an Epic FHIR R4 server; use as ``async with EpicFHIRClient(base_url, auth=...)``.
 
-    ``timeout`` in seconds. ``transport`` is wrapped in :class:`RetryTransport` with ``retry``. A caller-owned
+    ``timeout`` in seconds. ``transport`` is wrapped in :class:`RetryTransport` with ``retry`` (unless it is a
+    ``RetryTransport`` already). A caller-owned
     ``http_client`` is used as-is (no retry wrapping, never closed here) and carries every request, the auth's
     token requests included. Plain ``http://`` is refused except on loopback (or with your own client).
     ``max_response_bytes`` bounds a JSON response body and ``max_ndjson_line_bytes`` one line of a bulk file,
@@ -76,41 +72,46 @@ class EpicFHIRClient(HTTPLayer):
                 "pass your own http_client to override)"
             )
         self.base_url = url
-        self._base_prefix = str(url) + "/"
-        self.max_response_bytes = max_response_bytes
-        self.max_ndjson_line_bytes = max_ndjson_line_bytes
-        self._read_body: int | bool = max_response_bytes if max_response_bytes is not None else True
         self.auth = auth
         base_headers = {"Accept": FHIR_JSON, "User-Agent": USER_AGENT}
         if epic_client_id:
             base_headers["Epic-Client-ID"] = epic_client_id
         if headers:
             base_headers.update(headers)
-        self._headers = base_headers
-        self._owns_http = http_client is None
-        if http_client is None:
-            inner = transport or httpx.AsyncHTTPTransport(
-                http2=http2, retries=0, limits=httpx.Limits(max_connections=100, max_keepalive_connections=40)
-            )
-            http_client = httpx.AsyncClient(
-                transport=RetryTransport(inner, policy=retry),
-                timeout=httpx.Timeout(timeout, connect=min(timeout, DEFAULT_CONNECT_TIMEOUT)),
-                follow_redirects=False,
-                headers=base_headers,
-            )
-            self._send_headers: dict[str, str] | None = None
-        else:
-            self._send_headers = base_headers  # the caller's client lacks our defaults: add them per request
-        self.http = http_client
+        self._session = HTTPSession(
+            url,
+            headers=base_headers,
+            http_client=http_client,
+            transport=transport,
+            timeout=timeout,
+            http2=http2,
+            retry=retry,
+            max_response_bytes=max_response_bytes,
+            max_ndjson_line_bytes=max_ndjson_line_bytes,
+        )
         if auth is not None:
-            auth.bind(http_client=http_client, base_url=url)
+            auth.bind(self._session)
+            self._session.auth = auth
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The pooled ``httpx.AsyncClient`` every request goes through (yours, when you passed ``http_client``)."""
+        return self._session.http
+
+    @property
+    def max_response_bytes(self) -> int | None:
+        return self._session.max_response_bytes
+
+    @property
+    def max_ndjson_line_bytes(self) -> int:
+        return self._session.max_ndjson_line_bytes
 
     def __repr__(self) -> str:
         return f"EpicFHIRClient({redact_url(self.base_url)!r})"
 
     async def __aenter__(self) -> EpicFHIRClient:
         if self.http.is_closed:
-            raise ClientClosed(self._closed_message())
+            raise ClientClosed(self._session.closed_message())
         return self
 
     async def __aexit__(
@@ -120,15 +121,59 @@ class EpicFHIRClient(HTTPLayer):
 
     async def aclose(self) -> None:
         """Close our HTTP client (a caller-owned one is left open)."""
-        if self._owns_http:
-            await self.http.aclose()
+        await self._session.aclose()
+
+    # -- low level: any request on the FHIR server, with the client's auth, limits and typed errors ------
+
+    async def request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        params: Any = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        data: Mapping[str, Any] | None = None,
+        allow_foreign_origin: bool = False,
+        retry_safe: bool = False,
+    ) -> httpx.Response:
+        """Send a request; the body is read under ``max_response_bytes`` and the status checked (typed errors).
+
+        Relative URLs resolve against the base. ``allow_foreign_origin`` permits another origin (no token is
+        sent there). ``retry_safe`` lets the retrying transport repeat a POST.
+        """
+        return await self._session.request(
+            method,
+            url,
+            params=params,
+            headers=headers,
+            json=json,
+            content=content,
+            data=data,
+            allow_foreign_origin=allow_foreign_origin,
+            retry_safe=retry_safe,
+        )
+
+    def stream(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        params: Any = None,
+        headers: Mapping[str, str] | None = None,
+        allow_foreign_origin: bool = False,
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        """``async with client.stream("GET", url) as response``: the status checked, the body left unread."""
+        return self._session.stream(
+            method, url, params=params, headers=headers, allow_foreign_origin=allow_foreign_origin
+        )
 
     # -- FHIR interactions ------------------------------------------------------------------------------
 
     async def capabilities(self) -> dict[str, Any]:
         """The server's CapabilityStatement (``GET metadata``)."""
-        result: dict[str, Any] = await self._json("GET", "metadata")
-        return result
+        return await self._session.json("GET", "metadata")
 
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """``GET [type]/[id]``; unknown ids raise :class:`NotFound` (Epic code 59008).
@@ -136,13 +181,11 @@ class EpicFHIRClient(HTTPLayer):
         A type or id that is not a valid FHIR name raises :class:`ConfigurationError` before anything is sent
         (``"patient"``, ``"../metadata"``, an id with ``/``, ``?``, ``#`` or spaces).
         """
-        path = f"{check_type(resource_type)}/{check_id(resource_id)}"
-        result: dict[str, Any] = await self._json("GET", path)
-        return result
+        return await self._session.json("GET", f"{check_type(resource_type)}/{check_id(resource_id)}")
 
     def search(self, resource_type: str, /, **params: Any) -> SearchQuery:
         """An immutable :class:`SearchQuery`; nothing is sent until it is iterated or awaited."""
-        return SearchQuery(self, resource_type, params)
+        return SearchQuery(self._session, resource_type, params)
 
     def pull(
         self,
@@ -163,14 +206,11 @@ class EpicFHIRClient(HTTPLayer):
 
         ``types`` are resource types or query templates (``"Observation?category=laboratory"``), expanded by
         Epic's search rules unless ``expand=False``; at most ``concurrency`` searches run at once; ``buffer``
-        pages wait for the consumer before the producers pause. See :mod:`epic_fhir_async._pull`.
+        pages wait for the consumer before the producers pause. See :mod:`epic_fhir_async.pull`.
         """
-        from ._pull import pull  # the pull machinery is loaded only by callers who use it
+        from .pull._stream import pull  # the pull machinery is loaded only by callers who use it
 
-        transport: Any = getattr(
-            self.http, "_transport", None
-        )  # our RetryTransport, when we built the client
-        retries = (lambda: int(transport.retries)) if hasattr(transport, "retries") else None
+        session = self._session
         return pull(
             self,
             patients,
@@ -182,20 +222,21 @@ class EpicFHIRClient(HTTPLayer):
             progress=progress,
             buffer=buffer,
             keep_outcomes=keep_outcomes,
-            retries=retries,
+            retries=lambda: session.retries,
         )
 
     async def create(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
         """``POST [type]``; returns the created resource when the server sends one (never retried)."""
-        response = await self.request("POST", check_type(_field(resource, "resourceType")), json=resource)
-        return self.decode(response) if response.content else None
+        session = self._session
+        response = await session.request("POST", check_type(_field(resource, "resourceType")), json=resource)
+        return session.decode(response) if response.content else None
 
     async def update(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
         """``PUT [type]/[id]``; returns the updated resource when the server sends one."""
         resource_type = check_type(_field(resource, "resourceType"))
         path = f"{resource_type}/{check_id(_field(resource, 'id'))}"
-        response = await self.request("PUT", path, json=resource)
-        return self.decode(response) if response.content else None
+        response = await self._session.request("PUT", path, json=resource)
+        return self._session.decode(response) if response.content else None
 
     async def operation(
         self,
@@ -216,8 +257,7 @@ class EpicFHIRClient(HTTPLayer):
         path = "/".join([*parts, check_operation(name)])
         if parameters is not None:
             method = "POST"
-        result: dict[str, Any] = await self._json(method, path, params=params, json=parameters)
-        return result
+        return await self._session.json(method, path, params=params, json=parameters)
 
     async def binary(
         self, url_or_id: str, *, content_type: str = "application/octet-stream"
@@ -225,7 +265,7 @@ class EpicFHIRClient(HTTPLayer):
         """Raw bytes and Content-Type of a ``Binary`` (id, ``Binary/<id>`` or same-origin URL), asking ``Accept``
         ``content_type`` (Epic serves DocumentReference notes as text/html and text/rtf)."""
         target = _binary_target(url_or_id)
-        response = await self.request("GET", target, headers={"Accept": content_type})
+        response = await self._session.request("GET", target, headers={"Accept": content_type})
         return response.content, response.headers.get("content-type", content_type)
 
     async def attachment(self, attachment: Mapping[str, Any]) -> tuple[bytes, str]:
@@ -241,7 +281,7 @@ class EpicFHIRClient(HTTPLayer):
             raise EpicFHIRError("the attachment has neither data nor url")
         return await self.binary(url, content_type=content_type)
 
-    # -- bulk $export (issue: Bulk) ---------------------------------------------------------------------
+    # -- bulk $export ------------------------------------------------------------------------------------
 
     def bulk_export(
         self,
@@ -259,16 +299,16 @@ class EpicFHIRClient(HTTPLayer):
     ) -> BulkExportStart:
         """Kick off a Bulk Data ``$export``: ``job = await client.bulk_export(...)`` or ``async with`` it.
 
-        Group-level with ``group_id`` (Epic's only level, §4); ``patient_level=True`` or neither for servers
-        with Patient- or system-level export. ``since`` is sent as ``_since`` although Epic rejects it. See
-        :mod:`epic_fhir_async._bulk`.
+        Group-level with ``group_id`` (Epic's only level: docs/epic-notes.md §4.1); ``patient_level=True`` or
+        neither for servers with Patient- or system-level export. ``since`` is sent as ``_since`` although Epic
+        rejects it. See :mod:`epic_fhir_async.bulk`.
         """
-        from ._bulk_kickoff import BulkExportStart
+        from .bulk._kickoff import BulkExportStart
 
         if group_id is not None:
             check_id(group_id, what="group id")
         return BulkExportStart(
-            self,
+            self._session,
             group_id=group_id,
             patient_level=patient_level,
             types=list(types) if types is not None else None,
@@ -285,22 +325,11 @@ class EpicFHIRClient(HTTPLayer):
         self, status_url: str, *, cadence: PollCadence | None = None, allow_foreign_files: bool = False
     ) -> BulkExportJob:
         """Resume watching an export from its saved status URL (after a restart or crash)."""
-        from ._bulk import BulkExportJob
+        from .bulk._job import BulkExportJob
 
-        return BulkExportJob(self, status_url, cadence=cadence, allow_foreign_files=allow_foreign_files)
-
-    # -- paging (used by SearchQuery) -------------------------------------------------------------------
-
-    async def _search_page(self, resource_type: str, params: dict[str, Any], *, method: str) -> Page:
-        if method == "POST":
-            response = await self.request("POST", f"{resource_type}/_search", data=params, retry_safe=True)
-        else:
-            response = await self.request("GET", resource_type, params=params or None)
-        return parse_page(self.decode(response))
-
-    async def _next_page(self, next_url: str) -> Page:
-        # Verbatim next link (Epic's sessionID, §3.5); another origin raises UnsafeURLError in url().
-        return parse_page(self.decode(await self.request("GET", next_url)))
+        return BulkExportJob(
+            self._session, status_url, cadence=cadence, allow_foreign_files=allow_foreign_files
+        )
 
 
 def _check_auth(auth: object) -> None:
@@ -326,8 +355,8 @@ def _field(resource: Mapping[str, Any], name: str) -> Any:
 
 
 def _binary_target(url_or_id: str) -> str:
-    """A Binary id, a relative ``Binary/<id>`` reference (Epic's attachments, §3.10) or an absolute URL or path
-    (left to :meth:`HTTPLayer.url`, which refuses other origins)."""
+    """A Binary id, a relative ``Binary/<id>`` reference (Epic's attachments) or an absolute URL or path (left
+    to :meth:`HTTPSession.url`, which refuses other origins)."""
     if not isinstance(url_or_id, str):
         raise ConfigurationError(f"expected a Binary id or URL, got {type(url_or_id).__name__}")
     if "://" in url_or_id or url_or_id.startswith("/"):

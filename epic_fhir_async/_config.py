@@ -6,7 +6,7 @@ from typing import Final
 
 from ._version import __version__
 
-#: Epic's public sandbox (see shared/epic-behaviour.md §0).
+#: Epic's public sandbox (see docs/epic-notes.md §0).
 EPIC_SANDBOX_ROOT: Final = "https://fhir.epic.com/interconnect-fhir-oauth"
 EPIC_SANDBOX_BASE_URL: Final = f"{EPIC_SANDBOX_ROOT}/api/FHIR/R4"
 EPIC_SANDBOX_TOKEN_URL: Final = f"{EPIC_SANDBOX_ROOT}/oauth2/token"
@@ -16,7 +16,7 @@ EPIC_SANDBOX_BULK_GROUP_ID: Final = "e3iabhmS8rsueyz7vaimuiaSmfGvi.QwjVXJANlPOgR
 FHIR_R4_PATH: Final = "/interconnect-fhir-oauth/api/FHIR/R4"
 OAUTH_PATH: Final = "/interconnect-fhir-oauth/oauth2"
 
-#: Epic answers XML unless asked for JSON (epic-behaviour.md §3.1), so every request says so.
+#: Epic answers XML unless asked for JSON (docs/epic-notes.md §3.1), so every request says so.
 FHIR_JSON: Final = "application/fhir+json"
 JSON_CONTENT_TYPES: Final = ("application/fhir+json", "application/json", "application/json+fhir")
 FORM_CONTENT_TYPE: Final = "application/x-www-form-urlencoded"
@@ -40,7 +40,7 @@ MAX_RESPONSE_BYTES: Final = 256 * 1024 * 1024
 MAX_NDJSON_LINE_BYTES: Final = 64 * 1024 * 1024
 MAX_TOKEN_RESPONSE_BYTES: Final = 1024 * 1024
 
-#: Epic's default and maximum page size (epic-behaviour.md §3.5).
+#: Epic's default and maximum page size (docs/epic-notes.md §3.5).
 EPIC_MAX_PAGE_SIZE: Final = 1000
 
 #: Logger name used by every module of the library.

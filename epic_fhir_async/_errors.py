@@ -3,10 +3,10 @@
     EpicFHIRError
     ├── TransportError              connection failures; RequestTimeout for timeouts
     │   └── RequestTimeout
+    ├── ConfigurationError          any bad argument or setting (also a ValueError): raised before any request
     ├── AuthError
     │   ├── TokenRequestError       the token endpoint said no: error, error_description, hint
     │   │   └── CodeExchangeError   a SMART launch's authorization code was refused
-    │   ├── ConfigurationError      bad key, missing client id, no token endpoint, bad argument
     │   └── LaunchError             a SMART App Launch could not start or complete
     │       ├── LaunchStateError    the callback's state is missing, wrong or too old (forged/replayed)
     │       ├── UntrustedIssuer     the EHR's ``iss`` is not the configured FHIR base
@@ -27,7 +27,7 @@
     └── BulkExportError             anything about $export
         └── BulkExportTooSoon       "The Client requested this Group too recently."
 
-``str(error)`` names the status, the method, the URL (ids masked, no query string: :func:`redact_url`) and
+``str(error)`` names the status, the method, the URL (ids masked, no query string) and
 each OperationOutcome issue's severity, code and Epic code text. It never contains a header value, a token, a
 query string or an issue's ``diagnostics`` (Epic fills them with patient data at times): those stay on
 ``error.operation_outcome`` / ``error.issues``.
@@ -35,16 +35,10 @@ query string or an issue's ``diagnostics`` (Epic fills them with patient data at
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
-from . import _json
-from ._config import JSON_CONTENT_TYPES
 from ._outcome import OperationOutcome, OutcomeIssue
-from ._redact import redact_url
 
 __all__ = [
     "AuthError",
@@ -79,28 +73,11 @@ __all__ = [
     "UnprocessableEntity",
     "UnsafeURLError",
     "UntrustedIssuer",
-    "error_from_response",
-    "join_url",
-    "outcome_summary",
-    "parse_www_authenticate",
-    "redact_url",
 ]
 
 
 class EpicFHIRError(Exception):
     """Base of every error raised by epic_fhir_async."""
-
-
-def join_url(base: httpx.URL | str, reference: str) -> httpx.URL:
-    """``reference`` (a Location, Content-Location, next link or file URL from the server) resolved against
-    ``base``; a malformed one raises :class:`EpicFHIRError` instead of httpx's ``InvalidURL``.
-
-    The text is not shown: server URLs carry patient identifiers. Origin checks are the caller's job.
-    """
-    try:
-        return httpx.URL(base).join(reference)
-    except httpx.InvalidURL:
-        raise EpicFHIRError("the server sent an invalid URL (not shown: it may hold identifiers)") from None
 
 
 class TransportError(EpicFHIRError):
@@ -116,12 +93,17 @@ class RequestTimeout(TransportError):
     """The request timed out (connect, read, write or pool)."""
 
 
+class ConfigurationError(EpicFHIRError, ValueError):
+    """A bad argument or setting (a misspelled type, an id that is not a FHIR id, a bad key, a missing client
+    id, an option out of range): the message says what to fix. Raised before any request is sent.
+
+    Also a ``ValueError``, the exception Python code raises for a bad argument; not an :class:`AuthError`, so
+    ``except AuthError`` does not catch a misspelled resource type.
+    """
+
+
 class AuthError(EpicFHIRError):
     """Authentication or authorisation could not be set up."""
-
-
-class ConfigurationError(AuthError):
-    """The SDK was configured wrongly (bad key, missing client id, bad argument): the message says what to fix."""
 
 
 class TokenRequestError(AuthError):
@@ -170,8 +152,8 @@ class LaunchStateError(LaunchError):
 
 
 class UntrustedIssuer(LaunchError):
-    """The ``iss`` an EHR launch named is not the FHIR base this app is configured for (Epic §2.1:
-    allow-list ``iss``: a phishing page can send any URL)."""
+    """The ``iss`` an EHR launch named is not the FHIR base this app is configured for (Epic,
+    docs/epic-notes.md §2.1: allow-list ``iss``: a phishing page can send any URL)."""
 
 
 class AuthorizationDenied(LaunchError):
@@ -370,133 +352,3 @@ class BulkExportTooSoon(BulkExportError):
     ) -> None:
         super().__init__(message, operation_outcome=operation_outcome, status_code=status_code)
         self.retry_after = retry_after
-
-
-_STATUS_CLASSES: dict[int, type[FHIRStatusError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
-    405: MethodNotAllowed,
-    409: Conflict,
-    410: NotFound,
-    412: Conflict,
-    422: UnprocessableEntity,
-    429: RateLimited,
-}
-
-# A match starts only at the beginning of a token (the lookbehind): otherwise a long run of token characters
-# without "=" backtracks quadratically, and a hostile server's 64 KB header took over a minute to parse.
-_AUTH_PARAM = re.compile(r'(?<![A-Za-z0-9_\-])([A-Za-z0-9_\-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
-
-
-def parse_www_authenticate(value: str | None) -> dict[str, str]:
-    """Parse a ``Bearer`` challenge's auth-params (``error``, ``error_description``, ``scope``, ...).
-
-    Lenient: unknown schemes, stray commas and missing quotes are tolerated; a bad header gives ``{}``.
-    """
-    if not value:
-        return {}
-    text = value.strip()
-    scheme, _, rest = text.partition(" ")
-    if "=" in scheme:  # no scheme at all, only params
-        rest = text
-    params: dict[str, str] = {}
-    for match in _AUTH_PARAM.finditer(rest):
-        key = match.group(1).lower()
-        quoted = match.group(2)
-        params[key] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match.group(3)
-    return params
-
-
-def _class_for(status: int) -> type[FHIRStatusError]:
-    if status in _STATUS_CLASSES:
-        return _STATUS_CLASSES[status]
-    if status >= 500:
-        return ServerError
-    return FHIRStatusError
-
-
-def _explain_empty(status: int, challenge: Mapping[str, str]) -> str:
-    # Epic answers 401/403 with an empty body; the only clue is WWW-Authenticate (epic-behaviour.md §3.7).
-    error = challenge.get("error")
-    if error == "invalid_token":
-        return "the access token is missing, expired or invalid (invalid_token)"
-    if error == "insufficient_scope":
-        return (
-            "the token is valid but the app is not authorised for this API (insufficient_scope): add the "
-            "Incoming API to the app and allow ~30 minutes for Epic's sync"
-        )
-    if status == 401:
-        return "not authenticated"
-    if status == 403:
-        return "forbidden (no WWW-Authenticate detail)"
-    return "empty body"
-
-
-def retry_after_seconds(response: httpx.Response) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), ``None`` when absent or unparsable."""
-    from ._retry_after import parse_retry_after  # leaf module; local import keeps this one leaf-only
-
-    return parse_retry_after(response.headers.get("retry-after"))
-
-
-def _issue_summary(issue: OutcomeIssue) -> str:
-    # Severity, code and Epic's code text (a fixed table, §3.8) only: diagnostics and free text can name a
-    # patient, so they stay on the error object.
-    epic = issue.epic_code
-    text = f"{issue.severity or '?'}/{issue.code or '?'}"
-    if epic:
-        text += f" [{epic}]"
-        if issue.details_text:
-            text += f" {issue.details_text}"
-    return text
-
-
-def outcome_summary(outcome: OperationOutcome) -> str:
-    """A one-line summary of ``outcome`` safe for messages and logs (no ``diagnostics``)."""
-    text = "; ".join(_issue_summary(issue) for issue in outcome.issues) or "OperationOutcome without issues"
-    if any(issue.diagnostics for issue in outcome.issues):
-        text += " (diagnostics withheld: see .issues)"
-    return text
-
-
-def error_from_response(response: httpx.Response) -> FHIRStatusError:
-    """Build the typed error for an error ``response`` whose body has been read."""
-    request = response.request
-    method = request.method
-    url = redact_url(request.url)
-    status = response.status_code
-    content_type = response.headers.get("content-type", "")
-    challenge = parse_www_authenticate(response.headers.get("www-authenticate"))
-    outcome: OperationOutcome | None = None
-    body = response.content
-    if body and content_type.split(";")[0].strip().lower() in JSON_CONTENT_TYPES:
-        try:
-            outcome = OperationOutcome.from_json(_json.loads(body))
-        except ValueError:
-            outcome = None
-    if outcome is not None and outcome.issues:
-        detail = outcome_summary(outcome)
-    elif not body.strip():
-        detail = _explain_empty(status, challenge)
-    else:
-        kind = content_type.split(";")[0].strip() or "unknown content type"
-        detail = f"non-FHIR body ({kind}, {len(body)} bytes)"
-    reason = response.reason_phrase or ""
-    message = f"{status} {reason} for {method} {url}: {detail}".replace("  ", " ")
-    cls = _class_for(status)
-    kwargs: dict[str, Any] = {
-        "status_code": status,
-        "method": method,
-        "url": url,
-        "operation_outcome": outcome,
-        "www_authenticate": challenge,
-    }
-    if cls is RateLimited:
-        wait = retry_after_seconds(response)
-        if wait is not None:
-            shown = f"{wait:.0f}" if wait >= 1 else f"{wait:.1f}"
-            message += f" (the server asked to retry after {shown} s)"
-        return RateLimited(message, retry_after=wait, **kwargs)
-    return cls(message, **kwargs)

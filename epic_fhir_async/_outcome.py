@@ -2,7 +2,7 @@
 
 Epic issues carry ``details.coding[0]`` in the system ``urn:oid:...7.2.657369`` with a numeric code (59008,
 4113, ...), plus ``details.text``, ``diagnostics``, ``location`` and ``expression``; one outcome often mixes
-severities (epic-behaviour.md §3.8). We keep every issue, never only the first.
+severities (docs/epic-notes.md §3.8). We keep every issue, never only the first.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from ._config import EPIC_OUTCOME_SYSTEM_SUFFIX
 
-__all__ = ["OperationOutcome", "OutcomeIssue"]
+__all__ = ["OperationOutcome", "OutcomeIssue", "outcome_summary"]
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -121,3 +121,23 @@ class OperationOutcome:
             withheld = " (diagnostics withheld: see .issues)" if issue.diagnostics else ""
             parts.append(f"{issue.severity or '?'}/{issue.code or '?'}{code}: {text}{withheld}")
         return "; ".join(parts) or "OperationOutcome without issues"
+
+
+def _issue_summary(item: OutcomeIssue) -> str:
+    # Severity, code and Epic's code text (a fixed table, docs/epic-notes.md §3.8) only: diagnostics and
+    # free text can name a patient, so they stay on the error object.
+    epic = item.epic_code
+    text = f"{item.severity or '?'}/{item.code or '?'}"
+    if epic:
+        text += f" [{epic}]"
+        if item.details_text:
+            text += f" {item.details_text}"
+    return text
+
+
+def outcome_summary(outcome: OperationOutcome) -> str:
+    """A one-line summary of ``outcome`` safe for messages and logs (no ``diagnostics``)."""
+    text = "; ".join(_issue_summary(issue) for issue in outcome.issues) or "OperationOutcome without issues"
+    if any(issue.diagnostics for issue in outcome.issues):
+        text += " (diagnostics withheld: see .issues)"
+    return text

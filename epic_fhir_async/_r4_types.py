@@ -161,5 +161,5 @@ R4_RESOURCE_TYPES: frozenset[str] = frozenset(
 )
 
 #: Lower-cased name -> the spelling FHIR uses (type names are case-sensitive; Epic answers a wrong case with
-#: its IIS HTML 404, epic-behaviour.md §3.7).
+#: its IIS HTML 404, docs/epic-notes.md §3.7).
 R4_TYPES_BY_LOWER: dict[str, str] = {name.lower(): name for name in R4_RESOURCE_TYPES}

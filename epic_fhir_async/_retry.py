@@ -1,40 +1,38 @@
-"""Retries: a pure policy (``should_retry``, ``retry_delay``) and ``RetryTransport``, a thin async adapter.
+"""The one retry vocabulary of the SDK (pure, no I/O): :class:`RetryPolicy`, ``should_retry``, ``retry_delay``
+and :class:`Retrying`, the state of one logical request's attempts.
 
-The transport wraps another ``httpx.AsyncBaseTransport`` (hishel's ``next_transport`` shape). It retries
-idempotent methods, and POSTs only when the request carries ``extensions["epic_fhir_async.retry_safe"]``
-(``_search`` POSTs, the bulk kick-off). A 429's ``Retry-After`` closes ONE gate shared by every request going
-through the transport, so a rate limit pauses the whole client, not only the task that received it.
+Every loop that repeats a request uses it: the retrying transport under every FHIR request
+(:class:`~epic_fhir_async._http.RetryTransport`, with the client's policy), the token request, the bulk
+kick-off, bulk status polling and bulk file reads (with the policies named at the bottom of this module, so
+all the numbers are in one place). ``Retry-After`` is read once, by :func:`._headers.parse_retry_after`
+(delta-seconds, HTTP-date, epoch seconds or milliseconds), and capped by each policy's ``max_retry_after``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import random
-import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TypeGuard
 
-import anyio
-import httpx
-
-from ._config import LOGGER_NAME
-from ._errors import ConfigurationError, redact_url
-from ._limits import read_limited
-from ._retry_after import parse_retry_after
+from ._errors import ConfigurationError
+from ._headers import parse_retry_after
 
 __all__ = [
+    "BULK_FILE_RETRY",
+    "KICKOFF_RETRY",
     "NO_RETRY",
     "READ_BODY",
     "RETRY_SAFE",
+    "STATUS_POLL_RETRY",
+    "TOKEN_RETRY",
     "RetryPolicy",
-    "RetryTransport",
+    "Retrying",
+    "is_retryable_method",
     "retry_delay",
     "should_retry",
 ]
-
-log = logging.getLogger(f"{LOGGER_NAME}.retry")
 
 #: Request extension marking a POST as safe to repeat (FHIR ``_search``, ``$export`` kick-off).
 RETRY_SAFE = "epic_fhir_async.retry_safe"
@@ -130,20 +128,25 @@ def retry_delay(
     policy: RetryPolicy,
     *,
     attempt: int,
-    retry_after: str | None = None,
+    retry_after: str | float | None = None,
     waited: float = 0.0,
     rand: Callable[[], float] = random.random,
     now: float | None = None,
 ) -> float | None:
     """Seconds to wait before the next attempt, or ``None`` when the wait would break a cap.
 
-    A ``Retry-After`` (delta-seconds or HTTP-date) wins over backoff; above ``max_retry_after`` it gives
-    ``None``. Any wait that would push the total past ``max_total_wait`` gives ``None``.
+    A ``Retry-After`` (the header's text, or seconds already parsed from it) wins over backoff; above
+    ``max_retry_after`` it gives ``None``; zero (or an instant already past) gives the backoff, never 0. Any wait that would push the total past ``max_total_wait`` gives
+    ``None``.
     """
-    server = parse_retry_after(retry_after, now=now)
-    if server is not None:
-        if server > policy.max_retry_after:
-            return None
+    server = (
+        float(retry_after)
+        if isinstance(retry_after, (int, float))
+        else parse_retry_after(retry_after, now=now)
+    )
+    if server is not None and server > policy.max_retry_after:
+        return None
+    if server:  # a Retry-After of 0, or an instant already past, is no reason to retry at once: back off
         delay = server
     else:
         base = min(policy.backoff_max, policy.backoff_base * (2 ** max(0, attempt - 1)))
@@ -153,128 +156,66 @@ def retry_delay(
     return delay
 
 
-class _Gate:
-    """One pause shared by every request of a transport: nobody sends before ``open_at`` (monotonic)."""
+class Retrying:
+    """The attempts of one logical request under ``policy``: count them, and ask for the wait before the next.
 
-    __slots__ = ("open_at",)
+    ::
 
-    def __init__(self) -> None:
-        self.open_at = 0.0
-
-
-class RetryTransport(httpx.AsyncBaseTransport):
-    """Wrap ``next_transport`` with :class:`RetryPolicy` retries and a shared 429 gate.
-
-    ``sleep`` and ``clock`` are injectable for tests (defaults ``anyio.sleep`` and ``time.monotonic``).
-    """
-
-    def __init__(
-        self,
-        next_transport: httpx.AsyncBaseTransport,
-        *,
-        policy: RetryPolicy | None = None,
-        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        rand: Callable[[], float] = random.random,
-    ) -> None:
-        self.next_transport = next_transport
-        self.policy = policy or RetryPolicy()
-        self._sleep = sleep
-        self._clock = clock
-        self._rand = rand
-        self._gate = _Gate()
-        #: Requests re-sent so far (every retry of every request); read by pull progress displays.
-        self.retries = 0
-
-    async def _wait_gate(self) -> float:
-        pause = self._gate.open_at - self._clock()
-        if pause > 0:
-            await self._sleep(pause)
-            return pause
-        return 0.0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        policy = self.policy
-        method_ok = is_retryable_method(request.method, request.extensions)
-        read_body = request.extensions.get(READ_BODY)  # a byte limit, or True for none
-        attempt = 0
-        waited = 0.0
+        retrying = Retrying(policy)
         while True:
-            attempt += 1
-            if self._gate.open_at:
-                waited += await self._wait_gate()
+            retrying.attempt += 1
             try:
-                response = await self.next_transport.handle_async_request(request)
-                if read_body:
-                    await read_limited(response, None if read_body is True else read_body, request=request)
-            except httpx.TransportError as exc:
-                if not isinstance(
-                    exc,
-                    (
-                        httpx.ConnectError,
-                        httpx.ReadError,
-                        httpx.WriteError,
-                        httpx.RemoteProtocolError,
-                        httpx.TimeoutException,
-                    ),
-                ):
-                    raise
-                if not should_retry(policy, attempt=attempt, method_ok=method_ok, connection_error=True):
-                    raise
-                delay = retry_delay(policy, attempt=attempt, waited=waited, rand=self._rand)
+                return await send()
+            except Transient as exc:
+                delay = retrying.next_delay(retry_after=exc.retry_after)
                 if delay is None:
                     raise
-                log.debug(
-                    "retrying %s %s after %s (attempt %d) in %.2fs",
-                    request.method,
-                    redact_url(request.url),
-                    type(exc).__name__,
-                    attempt,
-                    delay,
-                )
-                await self._sleep(delay)
-                waited += delay
-                self.retries += 1
-                continue
-            status = response.status_code
-            if status < 400 or not should_retry(
-                policy, attempt=attempt, method_ok=method_ok, status_code=status
-            ):
-                return response
-            delay = retry_delay(
-                policy,
-                attempt=attempt,
-                retry_after=response.headers.get("retry-after"),
-                waited=waited,
-                rand=self._rand,
-            )
-            if delay is None:
-                log.debug(
-                    "not retrying %s %s: %d and the wait would exceed the policy's caps",
-                    request.method,
-                    redact_url(request.url),
-                    status,
-                )
-                return response
-            if status == 429:
-                # Epic-scale rate limits apply to the client, not one request: pause everyone (must-have 10).
-                self._gate.open_at = max(self._gate.open_at, self._clock() + delay)
-            log.debug(
-                "retrying %s %s after %d (attempt %d) in %.2fs",
-                request.method,
-                redact_url(request.url),
-                status,
-                attempt,
-                delay,
-            )
-            await response.aread()
-            await response.aclose()
-            self.retries += 1
-            if status == 429:
-                waited += await self._wait_gate()
-            else:
-                await self._sleep(delay)
-                waited += delay
+                await anyio.sleep(delay)
+    """
 
-    async def aclose(self) -> None:
-        await self.next_transport.aclose()
+    __slots__ = ("_rand", "attempt", "policy", "waited")
+
+    def __init__(self, policy: RetryPolicy, *, rand: Callable[[], float] = random.random) -> None:
+        self.policy = policy
+        self.attempt = 0
+        self.waited = 0.0
+        self._rand = rand
+
+    def next_delay(self, *, retry_after: str | float | None = None) -> float | None:
+        """Seconds to wait before another attempt after a transient failure of the current one, or ``None``
+        when the policy says stop (attempts used up, a ``Retry-After`` over the cap, the total wait spent)."""
+        if self.attempt >= self.policy.max_attempts:
+            return None
+        delay = retry_delay(
+            self.policy, attempt=self.attempt, retry_after=retry_after, waited=self.waited, rand=self._rand
+        )
+        if delay is not None:
+            self.waited += delay
+        return delay
+
+
+# -- the policies of the SDK's own loops (the client's FHIR requests use the policy passed to the client) --
+
+#: A token request is tried at most twice, always with a fresh form (a replayed assertion would reuse its
+#: ``jti``, which Epic rejects): one retry after 1 s, or the server's ``Retry-After`` up to 10 s.
+TOKEN_RETRY = RetryPolicy(
+    max_attempts=2, backoff_base=1.0, backoff_max=1.0, jitter=0.0, max_total_wait=10.0, max_retry_after=10.0
+)
+#: The bulk kick-off is sent at most 4 times (1, 2, 4 s apart, or after ``Retry-After`` up to 60 s), and only
+#: after failures where the server most likely started nothing.
+KICKOFF_RETRY = RetryPolicy(
+    max_attempts=4, backoff_base=1.0, backoff_max=8.0, jitter=0.0, max_total_wait=180.0, max_retry_after=60.0
+)
+#: Bulk status polling tolerates 8 transient failures in a row (5xx, 429, connection); between them it waits
+#: ``Retry-After`` (up to an hour: exports run for hours) or the job's poll cadence.
+STATUS_POLL_RETRY = RetryPolicy(
+    max_attempts=9,
+    backoff_base=2.0,
+    backoff_max=600.0,
+    jitter=0.0,
+    max_total_wait=float("inf"),
+    max_retry_after=3600.0,
+)
+#: A bulk file whose connection drops mid-body is requested again up to 3 times (lines already handed out are
+#: skipped; a download to disk starts the file again).
+BULK_FILE_RETRY = RetryPolicy(max_attempts=4, backoff_base=0.25, backoff_max=4.0, max_total_wait=60.0)

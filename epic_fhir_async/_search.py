@@ -1,9 +1,9 @@
 """SearchQuery: an immutable search that streams resources across Epic's paged Bundles.
 
-Paging follows only ``link[relation=next]`` verbatim (Epic's is an opaque ``sessionID``, epic-behaviour.md §3.5),
-refuses next links on another origin (the token must not go there) and a next link that repeats. An expired
-paging session (Epic code 4113) restarts the query and skips what was already yielded; a second expiry before
-the restart delivered anything new raises :class:`SessionExpired`.
+Paging follows only ``link[relation=next]`` verbatim (Epic's is an opaque ``sessionID``, docs/epic-notes.md
+§3.5), refuses next links on another origin (the token must not go there) and a next link that repeats. An
+expired paging session (Epic code 4113) restarts the query and skips what was already yielded; a second
+expiry before the restart delivered anything new raises :class:`SessionExpired`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from ._bundle import Page
-from ._errors import FHIRStatusError, PagingError, SessionExpired, redact_url
-from ._fhir_ids import check_type
+from ._bundle import Page, parse_page
+from ._errors import FHIRStatusError, PagingError, SessionExpired
+from ._urls import check_type, redact_url
 
 if TYPE_CHECKING:
-    from ._client import EpicFHIRClient
+    from ._http import HTTPSession
 
 __all__ = ["PageIterator", "SearchQuery"]
 
@@ -27,7 +27,8 @@ _NO_ITEMS: list[dict[str, Any]] = []
 
 
 def _is_expired(exc: FHIRStatusError) -> bool:
-    # Epic: fatal 4113 "Session ID for cached search results has expired." with 400 or 404 (§3.5).
+    # Epic: fatal 4113 "Session ID for cached search results has expired." (docs/epic-notes.md §3.5); its
+    # HTTP status is undocumented, so 400 and 404 both count.
     outcome = exc.operation_outcome
     return exc.status_code in (400, 404) and outcome is not None and outcome.has_epic_code(_EXPIRED_CODE)
 
@@ -46,18 +47,18 @@ class SearchQuery:
     ``query.pages()`` yields :class:`Page` objects; ``await query.first()``; ``await query.count()``.
     """
 
-    __slots__ = ("_client", "_method", "_params", "_prefetch", "resource_type")
+    __slots__ = ("_method", "_params", "_prefetch", "_session", "resource_type")
 
     def __init__(
         self,
-        client: EpicFHIRClient,
+        session: HTTPSession,
         resource_type: str,
         params: dict[str, Any],
         *,
         method: str = "GET",
         prefetch: bool = False,
     ) -> None:
-        self._client = client
+        self._session = session
         self.resource_type = check_type(resource_type)  # it becomes the URL path: no "../", no "?"
         self._params = {k: v for k, v in params.items() if v is not None}
         self._method = method
@@ -82,7 +83,7 @@ class SearchQuery:
         }
         values.update(changes)
         return SearchQuery(
-            self._client,
+            self._session,
             self.resource_type,
             values["params"],
             method=values["method"],
@@ -112,7 +113,19 @@ class SearchQuery:
         return self._copy(prefetch=enabled)
 
     async def _first_page(self, params: dict[str, Any]) -> Page:
-        return await self._client._search_page(self.resource_type, params, method=self._method)
+        session = self._session
+        if self._method == "POST":
+            response = await session.request(
+                "POST", f"{self.resource_type}/_search", data=params, retry_safe=True
+            )
+        else:
+            response = await session.request("GET", self.resource_type, params=params or None)
+        return parse_page(session.decode(response))
+
+    async def _next_page(self, next_url: str) -> Page:
+        # The next link verbatim (Epic's sessionID); another origin raises UnsafeURLError in session.url().
+        session = self._session
+        return parse_page(session.decode(await session.request("GET", next_url)))
 
     async def _prefetched(self) -> AsyncGenerator[Page, None]:
         # Zero-size buffer: the producer holds at most the one page it fetched ahead (bounded memory).
@@ -220,7 +233,7 @@ class _Pager:
             raise PagingError(f"the next link repeats ({redact_url(next_url)}): stopping a paging loop")
         self._visited.add(next_url)
         try:
-            return await query._client._next_page(next_url)
+            return await query._next_page(next_url)
         except FHIRStatusError as exc:
             if not _is_expired(exc):
                 raise
@@ -229,7 +242,8 @@ class _Pager:
                     f"Epic's paging session for {query.resource_type} expired twice (code 4113); "
                     "the restarted search had not delivered anything new yet"
                 ) from exc
-            # Restart from the first page and skip what the caller already has (§3.5, must-have 9).
+            # Restart from the first page and skip what the caller already has: a pull of many pages outlives
+            # Epic's paging sessions, and nothing may be lost or yielded twice.
             self._restarted = True
             self._skipping = True
             self._visited.clear()
@@ -265,7 +279,7 @@ class _Resources:
     """``async for resource in query``: hands out a page's dicts by index, awaiting only between pages.
 
     A plain iterator class rather than an async generator: one resource costs a list lookup, not a generator
-    resumption (DESIGN.md §7). ``aclose()`` closes the page iterator (and cancels a prefetch).
+    resumption. ``aclose()`` closes the page iterator (and cancels a prefetch).
     """
 
     __slots__ = ("_index", "_items", "_pages")

@@ -11,7 +11,8 @@ import os
 
 import anyio
 
-from epic_fhir_async import BackendServicesAuth, EpicFHIRClient, generate_private_key, public_jwks
+from epic_fhir_async import BackendServicesAuth, EpicFHIRClient
+from epic_fhir_async.auth import generate_private_key, public_jwks
 
 PATIENT_ID = "erXuFYUfucBZaryVksYEcMg3"  # Camila Lopez, one of Epic's sandbox patients
 

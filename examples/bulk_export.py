@@ -12,7 +12,8 @@ from collections import Counter
 
 import anyio
 
-from epic_fhir_async import BulkProgress, EpicFHIRClient, PollCadence, StaticTokenAuth
+from epic_fhir_async import EpicFHIRClient, StaticTokenAuth
+from epic_fhir_async.bulk import BulkProgress, PollCadence
 from epic_fhir_async.sandbox import EpicSandbox, SandboxClock
 
 

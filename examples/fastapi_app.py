@@ -141,7 +141,8 @@ def _value(observation: Mapping[str, Any]) -> str:
 
 
 async def latest_vitals(client: EpicFHIRClient, patient_id: str) -> list[tuple[str, str, str]]:
-    """(name, value, when) of the newest Observation of each vital sign (Epic requires the category, §3.3)."""
+    """(name, value, when) of the newest Observation of each vital sign (Epic requires the category,
+    docs/epic-notes.md §3.3)."""
     latest: dict[str, Mapping[str, Any]] = {}
     async for obs in client.search("Observation", patient=patient_id, category="vital-signs"):
         name = obs.get("code", {}).get("text") or "?"

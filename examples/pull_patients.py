@@ -11,12 +11,8 @@ from pathlib import Path
 
 import anyio
 
-from epic_fhir_async import (
-    EpicFHIRClient,
-    PullCheckpoint,
-    PullProgress,
-    StaticTokenAuth,
-)
+from epic_fhir_async import EpicFHIRClient, StaticTokenAuth
+from epic_fhir_async.pull import PullCheckpoint, PullProgress
 from epic_fhir_async.sandbox import EpicSandbox
 
 TYPES = [

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 from ._assertion import build_client_assertion as build_client_assertion
 from ._backend import BackendServicesAuth as BackendServicesAuth
-from ._base import EpicAuth as EpicAuth
-from ._base import StaticTokenAuth as StaticTokenAuth
-from ._cache import InMemoryTokenCache as InMemoryTokenCache
-from ._cache import TokenCache as TokenCache
-from ._cache import TokenCacheKey as TokenCacheKey
 from ._discovery import SmartEndpoints as SmartEndpoints
 from ._discovery import discover_endpoints as discover_endpoints
-from ._flow import TokenAuth as TokenAuth
+from ._epic_auth import EpicAuth as EpicAuth
+from ._epic_auth import StaticTokenAuth as StaticTokenAuth
 from ._grants import ClientSecretAuth as ClientSecretAuth
 from ._grants import RefreshTokenAuth as RefreshTokenAuth
 from ._id_token import IdTokenVerifier as IdTokenVerifier
@@ -27,12 +23,16 @@ from ._keys import generate_private_key as generate_private_key
 from ._keys import load_private_keys as load_private_keys
 from ._keys import private_key_pem as private_key_pem
 from ._keys import public_jwks as public_jwks
-from ._manager import TokenManager as TokenManager
-from ._smart import SmartLaunch as SmartLaunch
 from ._smart_auth import SmartAuth as SmartAuth
+from ._smart_launch import SmartLaunch as SmartLaunch
 from ._smart_request import AuthorizationRequest as AuthorizationRequest
 from ._smart_tokens import SmartTokenSet as SmartTokenSet
 from ._token import AccessToken as AccessToken
+from ._token_auth import TokenAuth as TokenAuth
+from ._token_cache import InMemoryTokenCache as InMemoryTokenCache
+from ._token_cache import TokenCache as TokenCache
+from ._token_cache import TokenCacheKey as TokenCacheKey
+from ._token_manager import TokenManager as TokenManager
 
 __all__ = [
     "AccessToken",

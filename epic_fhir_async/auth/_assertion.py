@@ -1,6 +1,6 @@
 """The signed JWT that authenticates a backend client to Epic's token endpoint (``private_key_jwt``).
 
-Epic's exact rules (epic-behaviour.md §1.3 to §1.4, SDK must-have 2):
+Epic's exact rules (docs/epic-notes.md §1.3, §1.4):
 
 * header ``alg`` (RS384 by default), ``typ: "JWT"``, ``kid`` always (Epic picks the key by it), ``jku``
   only when given and then exactly the JWK Set URL registered on the app;
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from joserfc import jwt
 
 from .._config import JWT_BEARER_ASSERTION_TYPE
+from .._errors import ConfigurationError
 from ._keys import SigningKey
 
 __all__ = ["ASSERTION_LIFETIME", "JWT_BEARER_ASSERTION_TYPE", "build_client_assertion"]
@@ -38,7 +39,7 @@ def build_client_assertion(
 ) -> str:
     """Sign a client assertion for one token request (a new ``jti`` every call; never reuse the result)."""
     if not 0 < lifetime <= 300:
-        raise ValueError("Epic accepts client assertions that live at most 300 seconds")
+        raise ConfigurationError("Epic accepts client assertions that live at most 300 seconds")
     now = int(wall_clock())
     header: dict[str, str] = {"alg": key.algorithm, "typ": "JWT", "kid": key.kid}
     if jku is not None:

@@ -1,4 +1,4 @@
-"""SMART Backend Services: the client_credentials grant authenticated by a signed JWT (Epic §1).
+"""SMART Backend Services: the client_credentials grant authenticated by a signed JWT (docs/epic-notes.md §1).
 
     auth = BackendServicesAuth("my-non-prod-client-id", "private_key.pem")
     async with EpicFHIRClient(base_url, auth=auth) as client:
@@ -6,7 +6,7 @@
 
 The token URL is discovered from the FHIR base unless given. Every token request carries a new assertion
 (new ``jti``); tokens are reused until shortly before they expire (Epic backend tokens live one hour and
-there is no refresh token for this grant, §1.8).
+there is no refresh token for this grant, docs/epic-notes.md §1.8).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .._config import JWT_BEARER_ASSERTION_TYPE
-from ._cache import TokenCache
 from ._client_auth import PrivateKeyJWT
-from ._flow import TokenAuth
 from ._keys import KeySource, SigningKey, load_private_keys, public_jwks
-from ._request import post_token_request
 from ._token import AccessToken
+from ._token_auth import TokenAuth
+from ._token_cache import TokenCache
+from ._token_request import post_token_request
 
 __all__ = ["JWT_BEARER_ASSERTION_TYPE", "BackendServicesAuth"]
 
@@ -96,7 +96,7 @@ class BackendServicesAuth(TokenAuth):
         if self.scope:
             grant["scope"] = self.scope
         return await post_token_request(
-            self.http_client,
+            self.session,
             await self.resolve_token_url(),
             grant=grant,
             client_auth=self._client_auth,

@@ -3,9 +3,9 @@
 Shared by every grant (client_credentials, refresh_token, and the SMART launch code exchange):
 
 * :class:`PrivateKeyJWT`: ``client_assertion_type`` + a freshly signed ``client_assertion`` per request
-  (Epic's only backend-services method, §1.2, and its recommended one for launches, §2.3);
+  (Epic's only backend-services method and its recommended one for launches: docs/epic-notes.md §1.2, §2.3);
 * :class:`ClientSecretBasic`: ``Authorization: Basic base64(urlencode(id):urlencode(secret))``, no
-  ``client_id`` in the body (Epic §2.3 / RFC 6749 §2.3.1);
+  ``client_id`` in the body (Epic: docs/epic-notes.md §2.3; RFC 6749 §2.3.1);
 * :class:`ClientSecretPost`: ``client_id`` and ``client_secret`` in the form;
 * :class:`PublicClient`: only ``client_id`` in the form (public apps).
 """
@@ -21,7 +21,7 @@ from urllib.parse import quote_plus
 from .._config import JWT_BEARER_ASSERTION_TYPE
 from .._errors import ConfigurationError
 from ._assertion import build_client_assertion
-from ._base import mask_secret
+from ._epic_auth import mask_secret
 from ._keys import KeySource, SigningKey, load_private_keys
 
 __all__ = [
@@ -164,7 +164,7 @@ def client_authentication(
     """The client authentication a confidential or public client uses (launch code exchange and refresh).
 
     ``client_secret`` (Basic by default, or ``secret_method="client_secret_post"``), ``private_key``
-    (``private_key_jwt``, Epic's recommended method, §2.3), or neither: a public client.
+    (``private_key_jwt``, Epic's recommended method, docs/epic-notes.md §2.3), or neither: a public client.
     """
     if client_secret is not None and private_key is not None:
         raise ConfigurationError("give client_secret or private_key, not both")

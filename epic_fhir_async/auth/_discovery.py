@@ -1,10 +1,10 @@
 """SMART discovery: where a FHIR server's token (and authorize) endpoints are.
 
-SDK must-have 6 and epic-behaviour.md §2.1: read ``[base]/.well-known/smart-configuration`` (JSON by
-default at Epic since Aug 2021); when that is missing or unusable, fall back to the CapabilityStatement at
-``[base]/metadata`` and its ``oauth-uris`` security extension, asking for JSON explicitly (Epic answers
-XML otherwise). The ``Epic-Client-ID`` header goes on both requests, because some customers return
-per-client endpoints. Token URLs are never derived by editing the base URL.
+Read ``[base]/.well-known/smart-configuration`` (JSON by default at Epic since Aug 2021); when that is missing
+or unusable, fall back to the CapabilityStatement at ``[base]/metadata`` and its ``oauth-uris`` security
+extension, asking for JSON explicitly (Epic answers XML otherwise, docs/epic-notes.md §2.1). The
+``Epic-Client-ID`` header goes on both requests, because some customers return per-client endpoints. Token
+URLs are never derived by editing the base URL.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import httpx
 
 from .. import _json
 from .._config import FHIR_JSON, MAX_RESPONSE_BYTES
-from .._errors import ConfigurationError, RequestTimeout, TransportError, redact_url
-from .._limits import read_limited
-from .._retry import READ_BODY
+from .._errors import ConfigurationError
+from .._http import HTTPSession
+from .._urls import redact_url
 
-__all__ = ["OAUTH_URIS_EXTENSION", "SmartEndpoints", "discover_endpoints"]
+__all__ = ["OAUTH_URIS_EXTENSION", "SmartEndpoints", "absolute_url", "discover_endpoints", "get_json"]
 
 logger = logging.getLogger("epic_fhir_async.auth")
 
@@ -40,7 +40,8 @@ class SmartEndpoints:
     configuration: Mapping[str, Any] | None = None
 
 
-def _absolute(value: object, base: httpx.URL) -> str | None:
+def absolute_url(value: object, base: httpx.URL) -> str | None:
+    """``value`` if it is an absolute http(s) URL that does not downgrade an https ``base``, else ``None``."""
     if not isinstance(value, str) or not value.strip():
         return None
     url = httpx.URL(value.strip())
@@ -51,21 +52,12 @@ def _absolute(value: object, base: httpx.URL) -> str | None:
     return str(url)
 
 
-async def _get_json(http: httpx.AsyncClient, url: str, headers: Mapping[str, str]) -> object | None:
-    try:
-        request = http.build_request(
-            "GET", url, headers=dict(headers), extensions={READ_BODY: MAX_RESPONSE_BYTES}
-        )
-        response = await http.send(request, auth=None, stream=True)
-        await read_limited(response, MAX_RESPONSE_BYTES)  # a hostile server's endless metadata (SECURITY.md)
-    except httpx.TimeoutException as exc:
-        raise RequestTimeout(
-            f"discovery request to {redact_url(url)} timed out", method="GET", url=url
-        ) from exc
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a 3xx with a malformed Location
-        raise TransportError(
-            f"discovery request to {redact_url(url)} failed: {type(exc).__name__}", method="GET", url=url
-        ) from exc
+async def get_json(session: HTTPSession, url: str, headers: Mapping[str, str]) -> object | None:
+    """GET a JSON document of the OAuth server (no bearer token); ``None`` unless it answers 200 with JSON."""
+    # Bounded: a hostile server's endless metadata must not exhaust memory (SECURITY.md).
+    response = await session.send(
+        "GET", url, headers=headers, limit=MAX_RESPONSE_BYTES, what="discovery request to"
+    )
     if response.status_code != 200:
         logger.debug("discovery: %s answered %s", redact_url(url), response.status_code)
         return None
@@ -92,34 +84,35 @@ def _from_capability_statement(doc: object, base: httpx.URL) -> tuple[str | None
                 for sub in ext.get("extension") or ()
                 if isinstance(sub, Mapping)
             }
-            return _absolute(uris.get("token"), base), _absolute(uris.get("authorize"), base)
+            return absolute_url(uris.get("token"), base), absolute_url(uris.get("authorize"), base)
     return None, None
 
 
 async def discover_endpoints(
-    http: httpx.AsyncClient, base_url: httpx.URL | str, *, client_id: str | None = None
+    http: HTTPSession | httpx.AsyncClient, base_url: httpx.URL | str, *, client_id: str | None = None
 ) -> SmartEndpoints:
     """Find the token endpoint of the FHIR server at ``base_url`` (smart-configuration, then metadata).
 
-    Requests go through ``http`` with ``auth=None``. Raises :class:`ConfigurationError` when neither
+    Requests go through ``http`` (a client's session, or your ``httpx.AsyncClient``) without a bearer token. Raises :class:`ConfigurationError` when neither
     document names a token endpoint (pass ``token_url=`` then).
     """
     base = httpx.URL(str(base_url).rstrip("/"))
+    session = HTTPSession.of(http, base)
     extra = {"Epic-Client-ID": client_id} if client_id else {}
-    config = await _get_json(
-        http, f"{base}/.well-known/smart-configuration", {"Accept": "application/json", **extra}
+    config = await get_json(
+        session, f"{base}/.well-known/smart-configuration", {"Accept": "application/json", **extra}
     )
     if isinstance(config, Mapping):
-        token = _absolute(config.get("token_endpoint"), base)
+        token = absolute_url(config.get("token_endpoint"), base)
         if token is not None:
             logger.debug("discovered token endpoint %s from smart-configuration", redact_url(token))
             return SmartEndpoints(
                 token_endpoint=token,
-                authorization_endpoint=_absolute(config.get("authorization_endpoint"), base),
+                authorization_endpoint=absolute_url(config.get("authorization_endpoint"), base),
                 source="smart-configuration",
                 configuration=dict(config),
             )
-    metadata = await _get_json(http, f"{base}/metadata", {"Accept": FHIR_JSON, **extra})
+    metadata = await get_json(session, f"{base}/metadata", {"Accept": FHIR_JSON, **extra})
     token, authorize = _from_capability_statement(metadata, base)
     if token is not None:
         logger.debug("discovered token endpoint %s from the CapabilityStatement", redact_url(token))

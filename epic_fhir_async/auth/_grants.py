@@ -1,9 +1,9 @@
 """The other token-fetching grants: client secrets (client_credentials) and refresh tokens.
 
-Epic does not accept client secrets for backend services (JWTs are mandatory there, §1.2), but other FHIR
-servers and Epic's launch flows do (§2.3); :class:`ClientSecretAuth` covers them. :class:`RefreshTokenAuth`
-is the refresh-token grant (§2.6) used after a SMART App Launch: it keeps the newest refresh token, since
-Epic may rotate it on every refresh.
+Epic does not accept client secrets for backend services (JWTs are mandatory there, docs/epic-notes.md
+§1.2), but other FHIR servers and Epic's launch flows do (§2.3); :class:`ClientSecretAuth` covers them.
+:class:`RefreshTokenAuth` is the refresh-token grant (docs/epic-notes.md §2.6) used after a SMART App Launch:
+it keeps the newest refresh token, since Epic may rotate it on every refresh.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 from .._errors import ConfigurationError
-from ._base import mask_secret
-from ._cache import TokenCache
 from ._client_auth import ClientAuthentication, client_authentication
-from ._flow import TokenAuth
+from ._epic_auth import mask_secret
 from ._keys import KeySource
-from ._request import post_token_request
 from ._token import AccessToken
+from ._token_auth import TokenAuth
+from ._token_cache import TokenCache
+from ._token_request import post_token_request
 
 __all__ = ["ClientSecretAuth", "RefreshTokenAuth"]
 
@@ -29,8 +29,8 @@ SecretMethod = Literal["client_secret_basic", "client_secret_post"]
 class ClientSecretAuth(TokenAuth):
     """``client_credentials`` with a client secret, sent as HTTP Basic (default) or in the form body.
 
-    With ``client_secret_basic`` the id and secret are form-urlencoded before base64 (Epic §2.3, RFC 6749
-    §2.3.1), so secrets containing ``:`` or ``+`` survive.
+    With ``client_secret_basic`` the id and secret are form-urlencoded before base64 (Epic: docs/epic-notes.md
+    §2.3; RFC 6749 §2.3.1), so secrets containing ``:`` or ``+`` survive.
     """
 
     def __init__(
@@ -70,7 +70,7 @@ class ClientSecretAuth(TokenAuth):
         if self.scope:
             grant["scope"] = self.scope
         return await post_token_request(
-            self.http_client,
+            self.session,
             await self.resolve_token_url(),
             grant=grant,
             client_auth=self._client_auth,
@@ -152,7 +152,7 @@ class RefreshTokenAuth(TokenAuth):
         if self.scope:
             grant["scope"] = self.scope
         token = await post_token_request(
-            self.http_client,
+            self.session,
             await self.resolve_token_url(),
             grant=grant,
             client_auth=self._client_auth,

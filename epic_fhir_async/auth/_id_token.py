@@ -1,6 +1,6 @@
 """Verifying the ``id_token`` of a SMART launch: signature, algorithm, issuer, audience, expiry and nonce.
 
-Epic's id_tokens (epic-behaviour.md §2.5): ``alg`` RS256 only, ``kid`` = base64 SHA-256 of the key,
+Epic's id_tokens (docs/epic-notes.md §2.5): ``alg`` RS256 only, ``kid`` = base64 SHA-256 of the key,
 ``iss`` = ``https://<server>/oauth2``, ``aud`` = the client id, ``exp`` = ``iat`` + 300, ``nonce`` echoed,
 ``fhirUser`` an absolute or relative URL. The signing keys are published at the OpenID configuration's
 ``jwks_uri``. They are fetched through the app's HTTP client, cached, and fetched again (at most once per
@@ -30,14 +30,16 @@ from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import KeySet
 
 from .. import _json
-from .._errors import IdTokenError, redact_url
-from ._discovery import SmartEndpoints, _absolute, _get_json
+from .._errors import ConfigurationError, IdTokenError
+from .._http import HTTPSession
+from .._urls import redact_url
+from ._discovery import SmartEndpoints, absolute_url, get_json
 
 __all__ = ["IdTokenVerifier", "OpenIDConfiguration"]
 
 logger = logging.getLogger("epic_fhir_async.auth")
 
-#: Epic signs id_tokens with RS256 only (§2.5); ``none`` and HMAC algorithms are never accepted.
+#: Epic signs id_tokens with RS256 only (docs/epic-notes.md §2.5); ``none`` and HMAC are never accepted.
 DEFAULT_ALGORITHMS = ("RS256",)
 _ACCEPTABLE = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
 
@@ -65,7 +67,7 @@ def _config_from(doc: object, base: httpx.URL) -> OpenIDConfiguration | None:
     if not isinstance(doc, Mapping):
         return None
     issuer = doc.get("issuer")
-    jwks_uri = _absolute(doc.get("jwks_uri"), base)
+    jwks_uri = absolute_url(doc.get("jwks_uri"), base)
     if isinstance(issuer, str) and issuer.strip() and jwks_uri is not None:
         return OpenIDConfiguration(issuer=issuer.strip(), jwks_uri=jwks_uri)
     return None
@@ -106,7 +108,9 @@ class IdTokenVerifier:
     ) -> None:
         bad = set(algorithms) - _ACCEPTABLE
         if bad or not algorithms:
-            raise ValueError(f"id_token algorithms must be asymmetric JWS algorithms, not {sorted(bad)}")
+            raise ConfigurationError(
+                f"id_token algorithms must be asymmetric JWS algorithms, not {sorted(bad)}"
+            )
         self._config = (
             OpenIDConfiguration(issuer, jwks_uri) if issuer is not None and jwks_uri is not None else None
         )
@@ -125,7 +129,7 @@ class IdTokenVerifier:
         return f"IdTokenVerifier(config={self._config!r}, jwks_fetches={self.jwks_fetches})"
 
     async def configuration(
-        self, http: httpx.AsyncClient, fhir_base: str, endpoints: SmartEndpoints
+        self, http: HTTPSession, fhir_base: str, endpoints: SmartEndpoints
     ) -> OpenIDConfiguration:
         """The issuer and ``jwks_uri``, discovered once (see the module docstring for the order)."""
         if self._config is not None:
@@ -136,7 +140,7 @@ class IdTokenVerifier:
         return self._config
 
     async def _discover(
-        self, http: httpx.AsyncClient, fhir_base: str, endpoints: SmartEndpoints
+        self, http: HTTPSession, fhir_base: str, endpoints: SmartEndpoints
     ) -> OpenIDConfiguration:
         base = httpx.URL(fhir_base)
         config = _config_from(endpoints.configuration, base)
@@ -146,7 +150,7 @@ class IdTokenVerifier:
                 f"{fhir_base}/.well-known/openid-configuration",
                 f"{oauth_root}/.well-known/openid-configuration",
             ):
-                config = _config_from(await _get_json(http, url, {"Accept": "application/json"}), base)
+                config = _config_from(await get_json(http, url, {"Accept": "application/json"}), base)
                 if config is not None:
                     break
         if config is None:
@@ -159,7 +163,7 @@ class IdTokenVerifier:
             issuer=self._issuer_override or config.issuer, jwks_uri=self._jwks_uri_override or config.jwks_uri
         )
 
-    async def _key_set(self, http: httpx.AsyncClient, jwks_uri: str, kid: str | None) -> KeySet:
+    async def _key_set(self, http: HTTPSession, jwks_uri: str, kid: str | None) -> KeySet:
         keys = self._keys
         if keys is not None and (kid is None or self._has(keys, kid)):
             return keys
@@ -170,7 +174,7 @@ class IdTokenVerifier:
             now = self._wall_clock()
             if keys is not None and now - self._fetched_at < self.refetch_interval:
                 return keys  # fetched moments ago: an unknown kid now is not a rotation
-            doc = await _get_json(http, jwks_uri, {"Accept": "application/json"})
+            doc = await get_json(http, jwks_uri, {"Accept": "application/json"})
             self.jwks_fetches += 1
             self._fetched_at = now
             fresh = self._import(doc)
@@ -204,7 +208,7 @@ class IdTokenVerifier:
 
     async def verify(
         self,
-        http: httpx.AsyncClient,
+        http: HTTPSession | httpx.AsyncClient,
         id_token: str,
         *,
         client_id: str,
@@ -221,8 +225,9 @@ class IdTokenVerifier:
                 reason="bad_algorithm",
             )
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-        config = await self.configuration(http, fhir_base, endpoints)
-        keys = await self._key_set(http, config.jwks_uri, kid)
+        session = HTTPSession.of(http, fhir_base)
+        config = await self.configuration(session, fhir_base, endpoints)
+        keys = await self._key_set(session, config.jwks_uri, kid)
         if kid is not None and not self._has(keys, kid):
             raise IdTokenError(
                 f"the id_token's signing key is not published at {redact_url(config.jwks_uri)}",

@@ -1,6 +1,6 @@
 """Private keys for client assertions: loading, checking, generating, and publishing their JWKS.
 
-Epic's rules (epic-behaviour.md §1.3, §1.5, SDK must-have 8): RSA keys of at least 2048 bits signed with
+Epic's rules (docs/epic-notes.md §1.3, §1.5): RSA keys of at least 2048 bits signed with
 RS256/RS384/RS512 (RS384 in Epic's examples, our default); EC keys only through a JWK Set URL, P-384 with
 ES384 and P-256 with ES256. Epic picks the verification key by ``kid``, so every key has one (the RFC 7638
 thumbprint unless you name it). Keys are read once, at construction: never on a request's path.
@@ -119,13 +119,10 @@ def _from_pem(data: bytes, password: str | bytes | None, what: str) -> object:
 
 def _from_jwk(jwk: Mapping[str, Any], algorithm: str | None, key_id: str | None, what: str) -> SigningKey:
     kty = jwk.get("kty")
+    if kty not in ("RSA", "EC"):
+        raise ConfigurationError(f"{what} has kty {kty!r}: only RSA and EC keys are supported")
     try:
-        if kty == "RSA":
-            native: object = RSAKey.binding.import_from_dict(dict(jwk))
-        elif kty == "EC":
-            native = ECKey.binding.import_from_dict(dict(jwk))
-        else:
-            raise ConfigurationError(f"{what} has kty {kty!r}: only RSA and EC keys are supported")
+        native: object = (RSAKey if kty == "RSA" else ECKey).binding.import_from_dict(dict(jwk))
     except (ValueError, KeyError, TypeError):
         raise ConfigurationError(f"{what} is not a valid {kty} JWK") from None
     checked = _check_native(native, what)

@@ -2,9 +2,9 @@
 
 It is a :class:`TokenAuth`, so its token lives in a :class:`TokenManager` like every other grant's: one
 refresh per expiry however many requests wait, a 401 invalidates the token the request carried and replays
-once (SDK must-have 3). Refresh happens whenever a refresh token came, whatever ``scope`` says: Epic may
-grant persistent access without echoing ``offline_access`` (epic-behaviour.md §2.4, issue I-CJS138).
-Without a refresh token (public apps, apps without persistent access, §2.3) an expired token raises
+once (a token can be revoked early). Refresh happens whenever a refresh token came, whatever ``scope`` says:
+Epic may grant persistent access without echoing ``offline_access`` (docs/epic-notes.md §2.4). Without a
+refresh token (public apps, apps without persistent access, §2.3) an expired token raises
 :class:`ReauthorizationRequired`: the app must send the user through the launch again.
 """
 
@@ -15,18 +15,21 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import httpx
 
-from .._errors import ConfigurationError, ReauthorizationRequired, TokenRequestError, redact_url
-from ._base import same_origin
+from .._errors import ConfigurationError, ReauthorizationRequired, TokenRequestError
+from .._urls import redact_url, same_origin
 from ._client_auth import ClientAuthentication, client_authentication
-from ._flow import TokenAuth
 from ._keys import KeySource
-from ._request import post_token_request
 from ._smart_tokens import SmartTokenSet
 from ._token import AccessToken
+from ._token_auth import TokenAuth
+from ._token_request import post_token_request
+
+if TYPE_CHECKING:
+    from .._http import HTTPSession
 
 __all__ = ["RefreshCallback", "SmartAuth"]
 
@@ -91,14 +94,14 @@ class SmartAuth(TokenAuth):
         """The newest token set (replaced after each refresh; save :meth:`SmartTokenSet.to_dict`)."""
         return self._token_set
 
-    def bind(self, *, http_client: httpx.AsyncClient, base_url: httpx.URL | str) -> None:
+    def bind(self, session: HTTPSession) -> None:
         """Bind to a client; its FHIR base must be on the origin the tokens were issued for."""
-        if not same_origin(httpx.URL(str(base_url)), httpx.URL(self._token_set.fhir_base)):
+        if not same_origin(session.base_url, httpx.URL(self._token_set.fhir_base)):
             raise ConfigurationError(
                 f"these tokens belong to {redact_url(self._token_set.fhir_base)}; refusing to send them to "
-                f"{redact_url(str(base_url))}"
+                f"{redact_url(session.base_url)}"
             )
-        super().bind(http_client=http_client, base_url=base_url)
+        super().bind(session)
 
     def _access_token(self, token_set: SmartTokenSet) -> AccessToken:
         # The set's times are epoch seconds; the manager's clock may be monotonic: translate through "now".
@@ -123,7 +126,7 @@ class SmartAuth(TokenAuth):
         issued_at = self._wall_clock()
         try:
             token = await post_token_request(
-                self.http_client,
+                self.session,
                 current.token_url,
                 grant={"grant_type": "refresh_token", "refresh_token": current.refresh_token},
                 client_auth=self._client_auth,

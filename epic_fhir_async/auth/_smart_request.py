@@ -1,6 +1,6 @@
 """The authorization request of a SMART App Launch: PKCE, state, nonce, scopes and the URL Epic must see.
 
-Epic's rules (epic-behaviour.md §2.2, SDK must-have 7):
+Epic's rules (docs/epic-notes.md §2.2):
 
 * ``aud`` is the FHIR base, always: Epic requires it whenever a launch context scope is requested and
   shows an error page when it is missing or wrong;
@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from .._errors import AuthorizationDenied, ConfigurationError, LaunchError, LaunchStateError
-from ._base import mask_secret
+from ._epic_auth import mask_secret
 
 __all__ = [
     "AuthorizationRequest",
@@ -82,7 +82,7 @@ class AuthorizationRequest:
     Store it (:meth:`to_dict`) in the user's server-side session when redirecting and pass it back to
     :meth:`SmartLaunch.complete`. It holds the PKCE ``code_verifier``: keep it server-side, never in a URL.
     ``params`` are the authorization parameters, for apps that POST them to the authorize endpoint
-    (Epic accepts a form POST for EHR launches, §2.2).
+    (Epic accepts a form POST for EHR launches, docs/epic-notes.md §2.2).
     """
 
     url: str

@@ -1,6 +1,6 @@
 """The token set of a SMART launch: tokens, launch context and id_token, as a frozen value that saves to a dict.
 
-Epic's token response (epic-behaviour.md §2.4, SDK must-have 4) carries the launch context next to the
+Epic's token response (docs/epic-notes.md §2.4) carries the launch context next to the
 tokens: ``patient``, ``encounter``, ``need_patient_banner`` (a *string* such as ``"false"``),
 ``smart_style_url``, ``id_token``, and keys the SDK does not model (``__epic.dstu2.patient``, ``location``,
 ``appointment``, ``loginDepartment``, customer-configured launch tokens), which are kept as they came in
@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._errors import ConfigurationError
-from ._base import mask_secret
+from ._epic_auth import mask_secret
 from ._token import AccessToken, parse_scopes
 
 __all__ = ["SmartTokenSet", "parse_banner_flag"]

@@ -1,6 +1,6 @@
 """The access token: a frozen value with a masked ``repr`` and an expiry on an injectable clock.
 
-Epic's token responses vary (epic-behaviour.md §1.6, §2.4, SDK must-have 4): ``token_type`` is "bearer" or
+Epic's token responses vary (docs/epic-notes.md §1.6, §2.4): ``token_type`` is "bearer" or
 "Bearer", ``expires_in`` is sometimes absent, ``scope`` comes in legacy, SMART v1 and v2 forms, and launch
 responses carry extra context keys (``patient``, ``__epic.dstu2.patient``, ``need_patient_banner`` as a
 string, ...). The parser accepts all of them and keeps unknown keys in :attr:`AccessToken.extra`.
@@ -16,12 +16,12 @@ from types import MappingProxyType
 from typing import Any
 
 from .._errors import TokenRequestError
-from ._base import is_header_safe, mask_secret
+from ._epic_auth import is_header_safe, mask_secret
 
 __all__ = ["DEFAULT_TOKEN_LIFETIME", "AccessToken", "parse_scopes", "parse_token_response"]
 
 #: Lifetime assumed when a token response has no usable ``expires_in``: Epic's access tokens live one hour
-#: (epic-behaviour.md §1.8). Guessing long is safe: a token that dies earlier gets a 401, which triggers one
+#: (docs/epic-notes.md §1.8). Guessing long is safe: a token that dies earlier gets a 401, which triggers one
 #: refresh and a replay.
 DEFAULT_TOKEN_LIFETIME = 3600.0
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from .._errors import ConfigurationError, RequestTimeout, TokenRequestError, TransportError, redact_url
+from .. import ConfigurationError, RequestTimeout, TokenRequestError, TransportError
 from ..auth import BackendServicesAuth, EpicAuth, SigningKey, StaticTokenAuth, load_private_keys
 
 EXIT_OK = 0
@@ -172,7 +172,7 @@ def describe(exc: BaseException, base_url: str | None = None) -> str:
     connect = next((e for e in chain if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))), None)
     if connect is not None:
         failed = next((e.url for e in chain if isinstance(e, TransportError) and e.url), None) or base_url
-        where = redact_url(str(failed)) if failed else "the server"
+        where = str(failed) if failed else "the server"  # TransportError.url is redacted already
         if isinstance(connect, httpx.ConnectTimeout):
             reason = "connection timed out"
         elif any(isinstance(e, ConnectionRefusedError) for e in chain):

@@ -19,9 +19,9 @@ import anyio
 from rich.markup import escape
 from rich.panel import Panel
 
-from .._client import EpicFHIRClient
-from .._config import EPIC_SANDBOX_BULK_GROUP_ID
+from .. import EpicFHIRClient
 from ..auth import BackendServicesAuth, generate_private_key, public_jwks
+from ..bulk import EPIC_SANDBOX_BULK_GROUP_ID
 from ..sandbox import EpicSandbox, SandboxConfig
 from ._common import describe, make_console, positive_int
 from ._pull import pull_to_directory

@@ -6,7 +6,7 @@
 The status URL is printed (and saved as ``DIR/status-url.txt``) as soon as the kick-off is accepted, so a
 crashed or interrupted run continues with ``--resume``; files already complete in ``DIR`` are not fetched
 again. After a complete download the job is deleted on the server (Epic allows one export per client and
-Group at a time, epic-behaviour.md §4) unless ``--keep-on-server``.
+Group at a time, docs/epic-notes.md §4.2) unless ``--keep-on-server``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .._bulk import BulkExportJob
-from .._bulk_download import BulkDownloadResult, BulkTransferStats
-from .._bulk_manifest import BulkProgress, PollCadence
-from .._client import EpicFHIRClient
-from .._config import EPIC_SANDBOX_BULK_GROUP_ID
-from .._errors import BulkExportTooSoon, ConfigurationError, EpicFHIRError
+from .. import BulkExportTooSoon, ConfigurationError, EpicFHIRClient, EpicFHIRError
 from ..auth import EpicAuth
+from ..bulk import (
+    EPIC_SANDBOX_BULK_GROUP_ID,
+    BulkDownloadResult,
+    BulkExportJob,
+    BulkProgress,
+    BulkTransferStats,
+    PollCadence,
+)
 from ._common import (
     EXIT_FAILURE,
     EXIT_TOO_SOON,

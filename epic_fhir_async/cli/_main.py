@@ -20,8 +20,7 @@ from collections.abc import Iterator, Sequence
 
 import anyio
 
-from .._config import LOGGER_NAME
-from .._version import __version__
+from .. import __version__
 from ._common import (
     EXIT_BROKEN_PIPE,
     EXIT_CODES_HELP,
@@ -34,6 +33,9 @@ from ._common import (
 
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("demo", "sandbox", "pull", "export", "keys", "token")
+
+#: The library's logger (every module logs below it): -v shows its records on stderr.
+_LIBRARY_LOGGER = "epic_fhir_async"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +117,7 @@ def _verbose(level: int) -> logging.Handler | None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG if level > 1 else logging.INFO)
-    logger = logging.getLogger(LOGGER_NAME)
+    logger = logging.getLogger(_LIBRARY_LOGGER)
     logger.addHandler(handler)
     logger.setLevel(min(logger.getEffectiveLevel(), handler.level))
     return handler
@@ -124,7 +126,7 @@ def _verbose(level: int) -> logging.Handler | None:
 def main(argv: Sequence[str] | None = None) -> int:
     command: str | None = None
     handler: logging.Handler | None = None
-    level = logging.getLogger(LOGGER_NAME).level
+    level = logging.getLogger(_LIBRARY_LOGGER).level
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -150,5 +152,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     finally:
         if handler is not None:
-            logging.getLogger(LOGGER_NAME).removeHandler(handler)
-            logging.getLogger(LOGGER_NAME).setLevel(level)
+            logging.getLogger(_LIBRARY_LOGGER).removeHandler(handler)
+            logging.getLogger(_LIBRARY_LOGGER).setLevel(level)

@@ -19,10 +19,9 @@ from typing import Any
 import anyio
 from rich.console import Console
 
-from .._client import EpicFHIRClient
-from .._errors import ConfigurationError, EpicFHIRError
-from .._pull_types import PullFailure, PullProgress
+from .. import ConfigurationError, EpicFHIRClient, EpicFHIRError
 from ..auth import EpicAuth
+from ..pull import PullFailure, PullProgress
 from ._common import (
     EXIT_FAILURE,
     EXIT_OK,

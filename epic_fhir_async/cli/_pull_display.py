@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .._pull_types import PullFailure, PullProgress
+from ..pull import PullFailure, PullProgress
 
 _REFRESH = 0.1  # seconds between display updates on page events
 

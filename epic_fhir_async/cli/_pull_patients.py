@@ -9,8 +9,8 @@ from pathlib import Path
 
 import anyio
 
-from .._errors import ConfigurationError
-from .._fhir_ids import check_id
+from .. import ConfigurationError
+from ..pull import check_patient_id
 from ._common import CLIError
 
 #: Extensions that make a missing ``--patients`` argument a mistyped file name rather than an id.
@@ -33,7 +33,7 @@ def _patient_arg_error(arg: str) -> str | None:
         kind = "not a file" if Path(arg).exists() else "no such file"
         return f"--patients {arg}: {kind} (give FHIR ids, or files with one id per line)"
     try:
-        check_id(arg, what="patient id")
+        check_patient_id(arg)
     except ConfigurationError as exc:
         return f"--patients {arg!r} is neither a file nor a patient id: {exc}"
     return None
@@ -77,7 +77,7 @@ class PatientSource:
                         if not value or value.startswith("#"):
                             continue
                         try:
-                            check_id(value, what="patient id")
+                            check_patient_id(value)
                         except ConfigurationError as exc:  # the message never repeats the line: it may be PHI
                             return f"{arg} line {number}: {exc}; give one id per line ('#' starts a comment)"
                         n += 1

@@ -25,12 +25,17 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import anyio
+import orjson
 
-from .. import _json
-from .._pull_types import PullItem
+from ..pull import PullItem
+
+
+def _dumps_line(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+
 
 STATE_DIR = ".epic-fhir-pull"
 JOURNAL = "journal.ndjson"
@@ -115,7 +120,7 @@ class NDJSONSink:
                 part.unlink()  # data of streams the journal never recorded
         self._journal = journal.open("ab")
         if not self._done:
-            self._journal.write(_json.dumps_line({"version": _VERSION}))
+            self._journal.write(_dumps_line({"version": _VERSION}))
             self._journal.flush()
 
     def _read_journal(self, journal: Path) -> None:
@@ -125,8 +130,8 @@ class NDJSONSink:
             if not raw.endswith(b"\n"):
                 break  # torn last line: that stream's commit never finished
             try:
-                entry = _json.loads(raw)
-            except _json.JSONDecodeError:
+                entry = orjson.loads(raw)
+            except orjson.JSONDecodeError:
                 break
             good += len(raw)
             if "p" in entry:
@@ -149,7 +154,7 @@ class NDJSONSink:
         buf = self._buffers.get(key)
         if buf is None:
             buf = self._buffers[key] = _StreamBuffer()
-        line = _json.dumps_line(item.resource)
+        line = _dumps_line(item.resource)
         buf.lines.setdefault(item.resource_type, []).append(line)
         buf.size += len(line)
         buf.counts[item.resource_type] = buf.counts.get(item.resource_type, 0) + 1
@@ -189,7 +194,7 @@ class NDJSONSink:
             touched[rtype] = self._offsets[rtype] = f.tell()
             self.counts[rtype] = self.counts.get(rtype, 0) + buf.counts.get(rtype, 0)
         assert self._journal is not None
-        self._journal.write(_json.dumps_line({"p": patient_id, "q": query, "o": touched}))
+        self._journal.write(_dumps_line({"p": patient_id, "q": query, "o": touched}))
         self._journal.flush()
 
     async def mark_failed(self, patient_id: str, query: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from .._errors import EpicFHIRError
+from .. import EpicFHIRClient, EpicFHIRError
 from ..auth import BackendServicesAuth
 from ._common import add_password_argument, describe, load_key
 
@@ -48,8 +48,7 @@ async def token(args: argparse.Namespace) -> int:
         auth = BackendServicesAuth(
             args.client_id, keys, token_url=args.token_url, scope=args.scope, jku=args.jku
         )
-        async with _http_client() as http:
-            auth.bind(http_client=http, base_url=args.base_url)
+        async with _http_client() as http, EpicFHIRClient(args.base_url, auth=auth, http_client=http):
             result = await auth.get_token()
     except EpicFHIRError as exc:  # TokenRequestError's str() carries Epic's error code and a hint
         print(f"error: {describe(exc, args.base_url)}", file=sys.stderr)

@@ -1,9 +1,9 @@
 """The sandbox application: :class:`EpicSandbox`, its parts, its public test API and its routing.
 
-Routing follows Epic's layout (epic-behaviour.md §0, checklist 1): ``<root>/api/FHIR/R4/...`` to the FHIR
+Routing follows Epic's layout (docs/epic-notes.md §0): ``<root>/api/FHIR/R4/...`` to the FHIR
 server, ``<root>/oauth2/...`` to the OAuth server, Epic's OIDC key and style paths to SMART, the public
 endpoint directory, ``/__sandbox/stats`` for tests, and Epic's IIS HTML 404 for everything else. Faults
-(checklist 9, 27) apply to FHIR requests; latency also to OAuth. The ASGI entry, the in-process transport
+apply to FHIR requests; latency also to OAuth. The ASGI entry, the in-process transport
 and ``serve()`` live in :mod:`._asgi`.
 """
 
@@ -110,7 +110,8 @@ class EpicSandbox(SmartLaunchMixin, AsgiServer):
         )
         self._injector = FaultInjector(self.faults, clock=self.clock, stats=self.stats, seed=config.seed)
         self._fhir_prefix = config.root_path + FHIR_PATH
-        # SMART App Launch (§2): /oauth2/authorize, code/refresh grants, id_tokens, OIDC discovery.
+        # SMART App Launch (docs/epic-notes.md §2): /oauth2/authorize, code/refresh grants, id_tokens, OIDC
+        # discovery.
         self._smart = SmartServer(
             oauth=self.oauth, dataset=self.dataset, clock=self.clock, stats=self.stats, urls=self.urls
         )
@@ -186,7 +187,7 @@ class EpicSandbox(SmartLaunchMixin, AsgiServer):
         ``static``, ``sync_delay``, ``user_mapped``, ``scope_style`` and ``environment``.
         ``dynamic_registration=False`` hides ``register`` from ``/metadata`` for this client's
         ``Epic-Client-ID``; ``oauth_uris`` (e.g. ``{"token": url}``) overrides its oauth-uris there (customers
-        that override the iss per client, §2.1).
+        that override the iss per client, docs/epic-notes.md §2.1).
         """
         self.oauth.register_client(
             client_id,
@@ -204,7 +205,10 @@ class EpicSandbox(SmartLaunchMixin, AsgiServer):
     def add_resource_types(
         self, client_id: str, resource_types: Iterable[str], *, sync_delay: float = 0.0
     ) -> None:
-        """Add Incoming APIs to a registered client; 403 (and 59204) until ``sync_delay`` has passed (§5)."""
+        """Add Incoming APIs to a registered client; 403 (and 59204) until ``sync_delay`` has passed.
+
+        Epic's sync delay for newly added APIs (docs/epic-notes.md §5.2).
+        """
         self.oauth.add_resource_types(client_id, resource_types, sync_delay=sync_delay)
 
     def issue_token(self, client_id: str = "sandbox-test-client", lifetime: float | None = None) -> str:

@@ -1,9 +1,9 @@
 """The sandbox's ASGI plumbing: the in-process httpx transport, the real uvicorn server and cut connections.
 
 The same app answers in-process (httpx's ASGI transport: no sockets, asyncio and trio) and served on a real
-port. A fault that cuts a response mid-body (epic-behaviour.md "Emulator checklist" 9 and 27: Epic's gateway
-drops connections) closes the socket when served and raises ``httpx.RemoteProtocolError`` in-process, so
-client code sees the same error either way.
+port. A fault that cuts a response mid-body (a test fault the emulator can inject, not a documented Epic
+behaviour) closes the socket when served and raises ``httpx.RemoteProtocolError`` in-process, so client code
+sees the same error either way.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The sandbox's Bulk Data ``$export`` server, as Epic runs it (epic-behaviour.md §4, "Emulator checklist" 24).
+"""The sandbox's Bulk Data ``$export`` server, as Epic runs it (docs/epic-notes.md §4).
 
 Group-level kick-off only (the app answers system- and Patient-level ``$export`` with the IIS 404 itself);
 ``Prefer: respond-async`` and ``Accept: application/fhir+json`` required; ``_type`` honoured, ``_since``
@@ -46,7 +46,7 @@ from ._http import JSON_UTF8, Request, Response, html_404, outcome_response
 
 __all__ = ["TOO_RECENT_TEXT", "BulkExports"]
 
-#: Epic's diagnostics for a second kick-off within the window (epic-behaviour.md §4, [observed] CUM, GN).
+#: Epic's diagnostics for a second kick-off within the window (observed, docs/epic-notes.md §4.2).
 TOO_RECENT_TEXT = (
     "Error processing Bulk Data Kickoff request: Request not allowed: "
     "The Client requested this Group too recently."
@@ -84,14 +84,15 @@ class _Job:
 class BulkExports:
     """Epic-style Bulk Data jobs for the sandbox app (all times on the sandbox clock, in seconds).
 
-    ``export_seconds``: how long status polls answer 202. ``cooldown_seconds``: Epic's per client+Group kick-off
-    window (``FHIR_BULK_CLIENT_REQUEST_WINDOW_TBL``, 24 h at Epic; 0 here by default so tests re-export freely).
-    ``resources_per_file``: split point of a type's output. ``retention_seconds``: results deleted this long
-    after completion (~14 days at Epic, [uncertain]). ``since``: ``"reject"`` (Epic) or ``"ignore"``.
-    ``type_filter``: accept ``_typeFilter`` (Epic does today; it did not in 2023). ``synthetic_observations``:
-    extra generated Observations appended to the Observation output for benchmarks, in files of
-    ``synthetic_per_file`` (default ``resources_per_file``). ``allowed_types``: the OAuth server's
-    ``allowed_types`` so types a client may not read are left out with a 59204 warning in the error file.
+    ``export_seconds``: how long status polls answer 202. ``cooldown_seconds``: Epic's per client+Group
+    kick-off window (``FHIR_BULK_CLIENT_REQUEST_WINDOW_TBL``, 24 h at Epic; 0 here by default so tests
+    re-export freely). ``resources_per_file``: split point of a type's output. ``retention_seconds``: results
+    deleted this long after completion (~14 days at Epic, unverified: docs/epic-notes.md §4.5). ``since``:
+    ``"reject"`` (Epic) or ``"ignore"``. ``type_filter``: accept ``_typeFilter`` (Epic does today; it did not
+    in 2023). ``synthetic_observations``: extra generated Observations appended to the Observation output for
+    benchmarks, in files of ``synthetic_per_file`` (default ``resources_per_file``). ``allowed_types``: the
+    OAuth server's ``allowed_types`` so types a client may not read are left out with a 59204 warning in the
+    error file.
     """
 
     def __init__(
@@ -161,7 +162,7 @@ class BulkExports:
                 )
         elif request.method == "GET":
             params = list(request.query)
-        else:  # Epic documents GET kick-off only (epic-behaviour.md §4)
+        else:  # Epic documents GET kick-off only (docs/epic-notes.md §4.1)
             resp = _fail(405, "not-supported", "4100", _KICKOFF_ERROR + f"{request.method} is not supported.")
             resp.headers.append(("allow", "GET, POST" if self.allow_post else "GET"))
             return resp
@@ -212,7 +213,10 @@ class BulkExports:
         return Response(202, [("content-location", self._status_url(job.job_id))])
 
     def _throttle(self, client_id: str, group_id: str) -> Response | None:
-        """Epic's one export per client+Group, and its cool-down window since the previous kick-off (§4)."""
+        """Epic's one export per client+Group, and its cool-down window since the previous kick-off.
+
+        Epic's re-export window: docs/epic-notes.md §4.2.
+        """
         key = (client_id, group_id)
         active = self._active.get(key)
         if active is not None and self._live(active) is not None:
@@ -224,7 +228,7 @@ class BulkExports:
         return None
 
     def _opaque_id(self) -> str:
-        """An Epic-looking opaque id such as ``eNZwsy9bU7LX8nBB.RJXkpA3`` (epic-behaviour.md §4, files)."""
+        """An Epic-looking opaque id such as ``eNZwsy9bU7LX8nBB.RJXkpA3`` (docs/epic-notes.md §4.4)."""
         head = "".join(self._rng.choices(_ID_ALPHABET, k=15))
         return f"e{head}.{''.join(self._rng.choices(_ID_ALPHABET, k=7))}"
 
@@ -263,7 +267,8 @@ class BulkExports:
         self.stats["bulk_status_polls"] += 1
         elapsed = self.clock.now() - job.started
         if elapsed < self.export_seconds:
-            # Epic: 202 with an empty body while running; the headers are the Bulk spec's (§4, [uncertain]).
+            # Epic: 202 with an empty body while running; the headers are the Bulk spec's (unverified at Epic,
+            # docs/epic-notes.md §4.3).
             headers: list[tuple[str, str]] = []
             if self.progress_headers:
                 percent = int(100 * elapsed / self.export_seconds)

@@ -1,8 +1,8 @@
 """The bytes of a sandbox bulk export's NDJSON files, generated chunk by chunk.
 
 Each file is produced lazily in ~64 KB chunks (one resource per ``\\n``-ended line, compact JSON), so that a
-gigabyte of synthetic Observations streams with flat server memory (epic-behaviour.md §4, "Emulator
-checklist" 24). What a file holds is decided by :mod:`._bulk_plan`.
+gigabyte of synthetic Observations streams with flat server memory (Epic's files: docs/epic-notes.md
+§4.4). What a file holds is decided by :mod:`._bulk_plan`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class SyntheticObservations:
 
     def line(self, index: int) -> bytes:
         prefix, suffix = self._pool[index % len(self._pool)]
-        # 45 characters, like Epic's long Observation ids (epic-behaviour.md §3.12), unique per index.
+        # 45 characters, like Epic's long Observation ids (docs/epic-notes.md §3.12), unique per index.
         return b"".join((prefix, b"fSynth%04d.%034d" % (self._seed % 10000, index), suffix))
 
 

@@ -1,9 +1,9 @@
 """What a sandbox bulk export contains: types, filters, Group members, files and error-file lines.
 
 Pure planning, no I/O: :func:`parse_kickoff_params` reads ``_type`` / ``_typeFilter`` / ``_since`` /
-``_outputFormat`` as Epic does (epic-behaviour.md §4), and :func:`plan_export` turns the Group's patients into
-output files of at most ``resources_per_file`` resources and an error file of OperationOutcome lines (4101 for
-a requested type without data, 59204 for a type the client may not read). The bytes are made in
+``_outputFormat`` as Epic does (docs/epic-notes.md §4.1), and :func:`plan_export` turns the Group's patients
+into output files of at most ``resources_per_file`` resources and an error file of OperationOutcome lines
+(4101 for a requested type without data, 59204 for a type the client may not read). The bytes are made in
 :mod:`._bulk_files`.
 """
 
@@ -31,7 +31,7 @@ __all__ = [
 
 NDJSON = "application/fhir+ndjson"
 
-# Epic displays (epic-behaviour.md §3.6/§3.8) for the codes the bulk server uses.
+# Epic displays (docs/epic-notes.md §3.6, §3.8) for the codes the bulk server uses.
 _DISPLAY = {
     "4100": "The resource request contained an invalid parameter.",
     "4101": "Resource request returns no results.",
@@ -107,7 +107,8 @@ def parse_type_filter(text: str) -> ResourceFilter:
         name, _, value = part.partition("=")
         if name not in _FILTER_ELEMENTS:
             raise FilterError(f"The _typeFilter search parameter {name!r} is not supported for {rtype}.")
-        # Epic accepts %2C-escaped (already decoded here) and backslash-escaped commas (epic-behaviour.md §4).
+        # Epic accepts %2C-escaped (already decoded here) and backslash-escaped commas
+        # (docs/epic-notes.md §4.1).
         values = tuple(v.replace("\\,", ",") for v in value.split(",") if v)
         params.append((name, values))
     return ResourceFilter(rtype, tuple(params))
@@ -168,9 +169,9 @@ def parse_kickoff_params(
 ) -> tuple[list[str], dict[str, list[ResourceFilter]]]:
     """Requested types (default: every patient-compartment type the dataset has) and filters per type.
 
-    Raises :class:`FilterError` for ``_since`` (Epic: "We do not support _since", §4), a refused
-    ``_typeFilter``, an ``_outputFormat`` other than NDJSON, or an unknown type. Other parameters are ignored,
-    as Epic ignores unknown search parameters.
+    Raises :class:`FilterError` for ``_since`` (Epic: "We do not support _since", docs/epic-notes.md §4.1), a
+    refused ``_typeFilter``, an ``_outputFormat`` other than NDJSON, or an unknown type. Other parameters are
+    ignored, as Epic ignores unknown search parameters.
     """
     types: list[str] = []
     filters: dict[str, list[ResourceFilter]] = {}
@@ -180,7 +181,7 @@ def parse_kickoff_params(
         elif name == "_since" and since == "reject":
             raise FilterError("We do not support the _since parameter.")
         elif name == "_typeFilter":
-            if not type_filter:  # Epic lacked it in early 2023 (CUM); later tooling uses it (SF)
+            if not type_filter:  # Epic lacked it in early 2023; later tools use it (docs/epic-notes.md §4.1)
                 raise FilterError("The _typeFilter parameter is not supported.")
             parsed = parse_type_filter(value)
             filters.setdefault(parsed.resource_type, []).append(parsed)
@@ -232,7 +233,8 @@ def plan_export(
         for start in range(0, synthetic, synthetic_per_file):
             span = range(start, min(synthetic, start + synthetic_per_file))
             outputs.append(BulkFile(new_id(), rtype, len(span), synthetic=span))
-    if not notes:  # always an error file, so clients must handle them (Epic puts notes there too, §4)
+    # Always an error file, so clients must handle them (Epic puts notes there too, docs/epic-notes.md §4.4).
+    if not notes:
         total = sum(f.count for f in outputs)
         # No Epic code fits a plain completion note, so this issue carries diagnostics only.
         notes.append(

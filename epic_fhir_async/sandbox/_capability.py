@@ -1,4 +1,4 @@
-"""Epic's CapabilityStatement and SMART configuration (epic-behaviour.md §3.2, checklist 2, 4 and 26)."""
+"""Epic's CapabilityStatement and SMART configuration (docs/epic-notes.md §3.2, §2.1)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ __all__ = [
     "smart_configuration",
 ]
 
-#: The resource types the sandbox knows; any other first path segment is Epic's IIS HTML 404 (§3.7).
+#: The resource types the sandbox knows; any other first path segment is Epic's IIS HTML 404
+#: (docs/epic-notes.md §3.7).
 RESOURCE_TYPES: frozenset[str] = frozenset(
     [
         "AdverseEvent",
@@ -79,7 +80,7 @@ RESOURCE_TYPES: frozenset[str] = frozenset(
         "Task",
     ]
 )
-#: §3.2: the 11 types with ``create`` and the 7 with ``update``; nothing else is writable.
+#: docs/epic-notes.md §3.2: the 11 types with ``create`` and the 7 with ``update``; nothing else is writable.
 CREATE_TYPES: frozenset[str] = frozenset(
     [
         "AllergyIntolerance",
@@ -122,9 +123,9 @@ def capability_statement(
 ) -> dict[str, Any]:
     """The statement served at ``/metadata`` without authentication.
 
-    ``register`` appears in the oauth-uris extension only when the request carried ``Epic-Client-ID`` (§3.2,
-    checklist 26), or as ``register`` says for a known client. ``oauth_uris`` overrides ``authorize``/``token``
-    (/``register``) for that client: some customers override the iss per client ID (§2.1).
+    ``register`` appears in the oauth-uris extension only when the request carried ``Epic-Client-ID``, or as
+    ``register`` says for a known client. ``oauth_uris`` overrides ``authorize``/``token`` (/``register``) for
+    that client: some customers override the iss per client ID (both as at Epic, docs/epic-notes.md §2.1).
     """
     chosen = {
         "authorize": f"{oauth_url}/authorize",
@@ -208,10 +209,11 @@ _SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
 
 
 def smart_configuration(oauth_url: str) -> dict[str, Any]:
-    """``[base]/.well-known/smart-configuration`` (checklist 4); always JSON, no authentication.
+    """``[base]/.well-known/smart-configuration`` (docs/epic-notes.md §2.1); always JSON, no authentication.
 
     ``jwks_uri`` (Epic's OIDC key URL, beside ``/oauth2`` under the server root) comes with
-    ``sso-openid-connect``, as the SMART spec requires for servers that issue id_tokens (§2.5).
+    ``sso-openid-connect``, as the SMART spec requires for servers that issue id_tokens (Epic's:
+    docs/epic-notes.md §2.5).
     """
     return {
         "issuer": oauth_url,

@@ -1,8 +1,8 @@
 """The sandbox's clock: wall-clock seconds that tests can move forward.
 
 Token expiry, JWT ``exp``/``nbf`` windows, paging-session expiry and bulk job timing all read this clock,
-so a test can expire a token or a session instantly with :meth:`SandboxClock.advance` (epic-behaviour.md
-"Emulator checklist" 28).
+so a test can expire a token or a session instantly with :meth:`SandboxClock.advance` instead of waiting
+out Epic's real lifetimes (an hour for a token, docs/epic-notes.md §1.6).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The sandbox's configuration: a frozen :class:`SandboxConfig` and the runtime-mutable :class:`SandboxFaults`.
 
-Defaults are Epic's where Epic's are known (epic-behaviour.md §0 root path, §1.5 JKU cache, §3.5 page sizes).
+Defaults are Epic's where Epic's are known (docs/epic-notes.md §0 root path, §1.5 JKU cache, §3.5 page sizes).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ._jku import JKU_MAX_CACHE
 __all__ = ["DEFAULT_ORIGIN", "DEFAULT_ROOT", "SandboxConfig", "SandboxFaults"]
 
 DEFAULT_ORIGIN = "http://127.0.0.1:8765"
-#: Epic's sandbox server root (epic-behaviour.md §0); a production-style root such as "/FHIRProxy" also works.
+#: Epic's sandbox server root (docs/epic-notes.md §0); a production-style root such as "/FHIRProxy" works too.
 DEFAULT_ROOT = "/interconnect-fhir-oauth"
 
 
@@ -22,15 +22,16 @@ DEFAULT_ROOT = "/interconnect-fhir-oauth"
 class SandboxConfig:
     """Everything that shapes one :class:`~epic_fhir_async.sandbox.EpicSandbox` (all durations in seconds).
 
-    ``page_size``/``max_page_size``: Epic pages at 1000 entries by default and at most (§3.5).
-    ``session_ttl``: paging sessions expire this long after their last use (Epic's TTL is undocumented).
-    ``unknown_params``: ``"ignore"`` (Epic's usual silence, §3.4) or ``"warn"`` (a 4122 outcome entry).
-    ``environment``: ``"non-production"`` (Epic's sandbox) or ``"production"``; client IDs registered for the
-    other environment get ``invalid_client`` (§1.1). ``token_audiences``: extra accepted assertion ``aud``
-    values (a customer's proxy allow-list, §1.4). ``jku_max_cache``: ceiling of the JKU key cache (29 h, §1.5).
-    ``export_*``: the Bulk Data server's knobs (docs/sandbox.md "Bulk $export"; also settable on ``sb.bulk``).
-    ``directory``: extra ``(name, FHIR base URL)`` entries for the endpoint directory at ``/Endpoints/R4``.
-    The fault knobs seed :class:`SandboxFaults`, which stays mutable at runtime as ``sb.faults``.
+    ``page_size``/``max_page_size``: Epic pages at 1000 entries by default and at most (docs/epic-notes.md
+    §3.5). ``session_ttl``: paging sessions expire this long after their last use (Epic's TTL is
+    undocumented). ``unknown_params``: ``"ignore"`` (Epic's usual silence, docs/epic-notes.md §3.4) or
+    ``"warn"`` (a 4122 outcome entry). ``environment``: ``"non-production"`` (Epic's sandbox) or
+    ``"production"``; client IDs registered for the other environment get ``invalid_client``
+    (docs/epic-notes.md §1.1). ``token_audiences``: extra accepted assertion ``aud`` values (a customer's
+    proxy allow-list, §1.4). ``jku_max_cache``: ceiling of the JKU key cache (29 h, §1.5). ``export_*``: the
+    Bulk Data server's knobs (docs/sandbox.md "Bulk $export"; also settable on ``sb.bulk``). ``directory``:
+    extra ``(name, FHIR base URL)`` entries for the endpoint directory at ``/Endpoints/R4``. The fault knobs
+    seed :class:`SandboxFaults`, which stays mutable at runtime as ``sb.faults``.
     """
 
     seed: int = 0
@@ -96,7 +97,7 @@ class SandboxConfig:
 
 @dataclass
 class SandboxFaults:
-    """Fault injection, mutable while the sandbox runs (checklist 9 and 27; no faults by default).
+    """Fault injection, mutable while the sandbox runs (no faults by default).
 
     ``latency``: seconds added to every FHIR and OAuth request. ``error_rate``: fraction of FHIR requests
     answered with one of ``error_statuses``. ``rate_limit_rps``: FHIR requests allowed per second on the

@@ -1,12 +1,12 @@
 """The sandbox's synthetic, deterministic dataset: Epic's named test patients plus seeded generated ones.
 
 ``build_dataset(seed, patients)`` is what the sandbox app, its search and its bulk export read from; Epic's
-own test patients keep their real ids and data highlights (epic-behaviour.md §6). Everything derives from
+own test patients keep their real ids and data highlights (docs/epic-notes.md §6). Everything derives from
 ``random.Random(seed)`` and a fixed anchor date (2026-01-01), never the global RNG or the wall clock, so the
-same seed always gives byte-identical resources.
-Resources are plain JSON-ready dicts without ``meta`` (Epic sends none, epic-behaviour.md §3.11) and reference
-each other relatively (``Patient/<id>``, §3.6). Treat them as read-only: sub-objects are shared between
-resources for speed, so copy a resource (``copy.deepcopy``) before changing it.
+same seed always gives byte-identical resources. Resources are plain JSON-ready dicts without ``meta`` (Epic
+sends none, docs/epic-notes.md §3.11) and reference each other relatively (``Patient/<id>``, §3.6). Treat them
+as read-only: sub-objects are shared between resources for speed, so copy a resource (``copy.deepcopy``)
+before changing it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from ._data_people import (
 
 __all__ = ["GROUP_ID", "Dataset", "build_dataset", "generate_observations"]
 
-GROUP_ID = "e3iabhmS8rsueyz7vaimuiaSmfGvi.QwjVXJANlPOgR83"  # Epic's sandbox bulk Group (epic-behaviour.md §6)
+#: Epic's sandbox bulk Group (docs/epic-notes.md §6).
+GROUP_ID = "e3iabhmS8rsueyz7vaimuiaSmfGvi.QwjVXJANlPOgR83"
 
 # Data kinds -> resource type. Observation and Condition kinds are their category codes.
 KINDS: dict[str, str] = {
@@ -160,7 +161,7 @@ class _Builder:
             for i in range(counts.get(kind, 0)):
                 res, age = make()
                 if i == 0 and kind in samples:
-                    res["id"] = samples[kind]  # a real id captured from Epic's sandbox (epic-behaviour.md §6)
+                    res["id"] = samples[kind]  # a real id from Epic's sandbox (docs/epic-notes.md §6)
                 self.add(pid, res, age)
                 made.append((res["id"], age))
             return made
@@ -189,7 +190,7 @@ class _Builder:
         doc_samples = {"documents": samples["documents"]} if "documents" in samples else {}
         for i in range(counts.get("documents", 0)):
             if i == 0 and doc_samples:
-                # Epic's captured sample note and its two Binaries (epic-behaviour.md §6).
+                # Epic's captured sample note and its two Binaries (docs/epic-notes.md §6).
                 binary_ids = ("eAkaILL5xuep7ieMKl6ZOXA3", "fgczndarV4g9uyNdJkH6Nh2DZm.eqZOAhsJyyZ0U04684")
                 doc, age = make_document_reference(
                     ctx, self.binaries, doc_id=doc_samples["documents"], binary_ids=binary_ids

@@ -1,4 +1,4 @@
-"""Builders for the sandbox's clinical resources, shaped like Epic's (epic-behaviour.md §3.6, §3.10, §3.12).
+"""Builders for the sandbox's clinical resources, shaped like Epic's (docs/epic-notes.md §3.6, §3.10, §3.12).
 
 Each builder returns ``(resource, age)`` where ``age`` is seconds before the data anchor, used to order a
 patient's resources newest first as Epic does. Small constant sub-objects (category, code) are shared between
@@ -52,7 +52,7 @@ def _obs_category(code: str) -> list[dict[str, Any]]:
     display = c.OBS_CATEGORY_DISPLAY[code]
     cat = [{"coding": [c.coding(c.OBS_CATEGORY, code, display)], "text": display}]
     if code == "laboratory":
-        # Epic adds its own "Lab" category slice after the HL7 one (epic-behaviour.md §3.12).
+        # Epic adds its own "Lab" category slice after the HL7 one (docs/epic-notes.md §3.12).
         cat.append({"coding": [c.coding(c.EPIC_LAB_CATEGORY, "Lab", "Lab")], "text": "Lab"})
     return cat
 
@@ -82,7 +82,8 @@ _BP_CODE = {
     "coding": [
         c.coding(c.EPIC_VITAL_CODE, c.BP_EPIC[0], c.BP_EPIC[2]),
         c.coding(c.FLOWSHEET_ID, c.BP_EPIC[1], c.BP_EPIC[2]),
-        # Epic also lists the component LOINCs under a foreign OID (captured sandbox vitals, MAP goldens).
+        # Epic also lists the component LOINCs under a foreign OID (seen on sandbox vitals,
+        # docs/epic-notes.md §3.12).
         c.coding("urn:oid:1.2.246.537.6.96", "8462-4"),
         c.coding("urn:oid:1.2.246.537.6.96", "8480-6"),
         *(c.coding(c.LOINC, code, display) for code, display in c.BP_LOINC),
@@ -185,7 +186,7 @@ def make_observation(ctx: PatientContext, category: str) -> Built:
 
 
 def make_encounter(ctx: PatientContext) -> Built:
-    """An Encounter with Epic OID type codings and a CSN identifier (epic-behaviour.md §3.12)."""
+    """An Encounter with Epic OID type codings and a CSN identifier (docs/epic-notes.md §3.12)."""
     rng = ctx.rng
     etype, etext, vcode, vtext, klass, kdisplay = c.ENCOUNTER_TYPES[rng.randrange(len(c.ENCOUNTER_TYPES))]
     enc_id, csn, age = short_id(rng), str(rng.randrange(10_000, 99_999_999)), rng.randrange(DAY, _YEARS)

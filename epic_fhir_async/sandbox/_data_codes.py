@@ -1,14 +1,15 @@
 """Code systems, Epic OIDs and clinical catalogues for the sandbox's synthetic data.
 
-Everything here is a constant: the values mirror what Epic's sandbox sends (epic-behaviour.md §3.12) so readers
-that scan every ``coding[]`` (not ``coding[0]``) are exercised. Clinical content is synthetic and generic.
+Everything here is a constant: the values mirror what Epic's sandbox sends (docs/epic-notes.md §3.12) so
+readers that scan every ``coding[]`` (not ``coding[0]``) are exercised. Clinical content is synthetic and
+generic.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-# --- code systems (epic-behaviour.md §3.12) --------------------------------------------------------------------
+# --- code systems (docs/epic-notes.md §3.12) --------------------------------------------------------------
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -52,7 +53,7 @@ FLOWSHEET_ID = "http://open.epic.com/FHIR/StructureDefinition/observation-flowsh
 EXT_TEMPLATE = "http://open.epic.com/FHIR/StructureDefinition/extension/template-id"
 EXT_LEGAL_SEX = "http://open.epic.com/FHIR/StructureDefinition/extension/legal-sex"
 EXT_ATTESTER = "http://hl7.org/fhir/5.0/StructureDefinition/extension-DocumentReference.attester"
-# Patient identifier systems (epic-behaviour.md §3.12).
+# Patient identifier systems (docs/epic-notes.md §3.12).
 ID_CEID = f"{EPIC}.3.688884.100"
 ID_EPIC_MRN = f"{EPIC}.5.737384.0"
 ID_EPI = f"{EPIC}.5.737384.14"

@@ -1,4 +1,4 @@
-"""Clinical-note DocumentReferences with their Binary bytes (epic-behaviour.md §3.10, checklist item 22).
+"""Clinical-note DocumentReferences with their Binary bytes (docs/epic-notes.md §3.10).
 
 Epic sends each note as two attachments, ``text/html`` and ``text/rtf``, each ``url: "Binary/<id>"`` with
 ``format`` = ``urn:ihe:iti:xds:2017:mimeTypeSufficient``. The note text is synthetic.
@@ -41,7 +41,7 @@ _AUTHOR = {
 
 
 def document_provenance(doc: dict[str, Any]) -> dict[str, Any]:
-    """The US Core Provenance of a note, found by ``_revinclude=Provenance:target`` (checklist 2).
+    """The US Core Provenance of a note, found by ``_revinclude=Provenance:target`` (docs/epic-notes.md §3.2).
 
     Its id derives from the note's id (a 45-char long id), so adding it draws nothing from the dataset's RNG.
     """

@@ -1,8 +1,8 @@
 """Epic-shaped FHIR ids and fixed-anchor timestamps for the sandbox's synthetic data.
 
-Epic FHIR ids use letters, digits, ``.`` and ``-``; short ids look like ``e`` + 22 chars + ``3`` (24 chars) and
-long ones like ``f`` + 44 chars (45), epic-behaviour.md §3.12 and §6. Dates never read the wall clock: they are an
-anchor (2026-01-01T00:00:00Z) minus seeded offsets, so a seed always yields the same data.
+Epic FHIR ids use letters, digits, ``.`` and ``-``; short ids look like ``e`` + 22 chars + ``3`` (24 chars)
+and long ones like ``f`` + 44 chars (45), docs/epic-notes.md §3.12 and §6. Dates never read the wall clock:
+they are an anchor (2026-01-01T00:00:00Z) minus seeded offsets, so a seed always yields the same data.
 """
 
 from __future__ import annotations

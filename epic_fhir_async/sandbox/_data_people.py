@@ -1,7 +1,7 @@
 """Patients, Practitioners and the Organization of the sandbox dataset.
 
 Epic's own sandbox test patients keep their real R4 FHIR ids, names, birth dates and identifiers
-(epic-behaviour.md §6); the per-type counts in :data:`NAMED_PATIENTS` reproduce the sandbox sweep's data
+(docs/epic-notes.md §6); the per-type counts in :data:`NAMED_PATIENTS` reproduce the sandbox sweep's data
 highlights (Derrick Lin gets more than 1000 vital signs so Epic's default 1000-entry page splits, §3.5).
 """
 
@@ -80,7 +80,7 @@ NAMED_PATIENTS: tuple[NamedPatient, ...] = (
     ),
 )  # fmt: skip
 
-# Doc-example practitioner ids (epic-behaviour.md §6) plus the "User Interconnect" seen on sandbox vitals.
+# Doc-example practitioner ids (docs/epic-notes.md §6) plus the "User Interconnect" seen on sandbox vitals.
 NAMED_PRACTITIONERS: tuple[tuple[str, str, str], ...] = (
     ("exfo6E4EXjWsnhA1OGVElgw3", "Physician", "Family Medicine"),
     ("eUXiD4IyBLJFoR2VHOjfTdg3", "Nurse", "Internal Medicine"),
@@ -104,7 +104,7 @@ def patient_resource(
     ids: dict[str, str],
     rng: random.Random,
 ) -> dict[str, Any]:
-    """A Patient with Epic's identifier set and legal-sex extension (epic-behaviour.md §3.12)."""
+    """A Patient with Epic's identifier set and legal-sex extension (docs/epic-notes.md §3.12)."""
     identifiers: list[dict[str, Any]] = []
     for kind in ("CEID", "EPIC", "EPI", "MYCHARTLOGIN"):
         if kind in ids:

@@ -1,4 +1,4 @@
-"""Epic's public endpoint directory and SMART brands bundle, served offline (epic-behaviour.md §5, checklist 25).
+"""Epic's public endpoint directory and SMART brands bundle, served offline (docs/epic-notes.md §5.1).
 
 ``open.epic.com/Endpoints/R4`` is a ``collection`` Bundle of Endpoints, each with a contained Organization (id a
 base64 hash), ``connectionType`` hl7-fhir-rest, plan-net payload type ``NA``, Epic's four payload MIME types and

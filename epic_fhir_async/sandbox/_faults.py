@@ -1,7 +1,9 @@
-"""Fault injection for FHIR requests: rate limit, errors, dropped connections (checklist 9, 27).
+"""Fault injection for FHIR requests: rate limit, errors, dropped connections (all off by default).
 
-Every injected fault is counted in the sandbox stats as ``faults:<kind>``. Randomness comes from a seeded
-``random.Random`` so a fault sequence is reproducible for a given seed and request order.
+None of them is documented Epic behaviour (Epic documents no rate limit, docs/epic-notes.md §1.8): they let
+tests exercise a client's retries. Every injected fault is counted in the sandbox stats as ``faults:<kind>``.
+Randomness comes from a seeded ``random.Random`` so a fault sequence is reproducible for a given seed and
+request order.
 """
 
 from __future__ import annotations

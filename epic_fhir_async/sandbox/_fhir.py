@@ -1,7 +1,8 @@
-"""FHIR REST under the R4 base: routing, bearer checks, reads and searches (epic-behaviour.md §3).
+"""FHIR REST under the R4 base: routing, bearer checks, reads and searches (docs/epic-notes.md §3).
 
 Path layout and errors follow Epic: unknown types and unsupported paths (``$export`` outside a Group,
-``$everything``) get the IIS HTML 404 (§3.7), everything FHIR-shaped gets an OperationOutcome.
+``$everything``) get the IIS HTML 404 (docs/epic-notes.md §3.7), everything FHIR-shaped gets an
+OperationOutcome.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class FhirServer:
     def set_client_metadata(
         self, client_id: str, *, register: bool = True, oauth_uris: Mapping[str, str] | None = None
     ) -> None:
-        """What ``/metadata`` shows for ``Epic-Client-ID: client_id`` (checklist 26)."""
+        """What ``/metadata`` shows for ``Epic-Client-ID: client_id`` (docs/epic-notes.md §2.1)."""
         self.metadata.set_client(client_id, register=register, oauth_uris=oauth_uris)
 
     def handle(self, request: Request, rest: str) -> Response:
@@ -157,7 +158,7 @@ class FhirServer:
         return self._not_supported(request, f"{verb} is not supported for {rtype}.")
 
     def _not_supported(self, request: Request, diagnostics: str) -> Response:
-        # §3.7/checklist 21: Epic's exact status for unsupported interactions is unverified; 405 suggested.
+        # Epic's status for unsupported interactions is unverified (docs/epic-notes.md §3.7); 405 is ours.
         issue = outcome_issue(
             "fatal",
             "not-supported",

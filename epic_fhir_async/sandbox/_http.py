@@ -182,5 +182,5 @@ _IIS_404 = (
 
 
 def html_404() -> Response:
-    """Epic's IIS 404 page for unknown types and paths (epic-behaviour.md §3.7): HTML, not FHIR."""
+    """Epic's IIS 404 page for unknown types and paths (docs/epic-notes.md §3.7): HTML, not FHIR."""
     return Response(404, [("content-type", "text/html; charset=iso-8859-1")], _IIS_404)

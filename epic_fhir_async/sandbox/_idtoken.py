@@ -1,6 +1,6 @@
 """OpenID Connect for the sandbox: its id_token signing key, the id_tokens, the key set and discovery documents.
 
-Reproduces epic-behaviour.md §2.5 and checklist 12: RS256 only, ``kid`` = base64 SHA-256 of the public key,
+Reproduces Epic's id_tokens (docs/epic-notes.md §2.5): RS256 only, ``kid`` = base64 SHA-256 of the public key,
 ``iss`` = ``<server>/oauth2``, ``aud`` = client id, ``exp`` = ``iat`` + 300, ``sub`` = the user's FHIR id,
 ``fhirUser`` an absolute URL, ``nonce`` echoed. The key lives in memory only (generated on first use, so
 sandboxes that never sign an id_token pay nothing) and is published at Epic's OIDC key URL.
@@ -20,9 +20,9 @@ from ._smart_model import Identity
 
 __all__ = ["ID_TOKEN_LIFETIME", "OIDC_KEYS_PATH", "OidcSigner", "id_token_claims", "openid_configuration"]
 
-#: §2.5: Epic's id_tokens live five minutes.
+#: docs/epic-notes.md §2.5: Epic's id_tokens live five minutes.
 ID_TOKEN_LIFETIME = 300
-#: §0: where Epic publishes its id_token keys, under the server root.
+#: docs/epic-notes.md §0: where Epic publishes its id_token keys, under the server root.
 OIDC_KEYS_PATH = "/api/epic/2019/Security/Open/PublicKeys/530005/OIDC"
 _OIDC_SCOPES = ("openid", "fhirUser", "profile")
 
@@ -49,7 +49,8 @@ class OidcSigner:
     def _ensure(self) -> RSAKey:
         if self._key is None:
             key = _process_key()
-            # §2.5: kid = base64 (standard, padded, like Epic's example) of the SHA-256 of the DER public key.
+            # docs/epic-notes.md §2.5: kid = base64 (standard, padded, like Epic's example) of the SHA-256 of
+            # the DER public key.
             self._kid = base64.b64encode(hashlib.sha256(key.as_der(private=False)).digest()).decode("ascii")
             self._key = key
         return self._key
@@ -79,7 +80,7 @@ def id_token_claims(
     nonce: str | None,
     now: float,
 ) -> dict[str, Any]:
-    """The claims Epic puts in an id_token (§2.5); ``fhirUser`` only with the ``fhirUser`` scope."""
+    """The claims Epic puts in an id_token (docs/epic-notes.md §2.5); ``fhirUser`` only with that scope."""
     scopes = set(scopes)
     iat = int(now)
     claims: dict[str, Any] = {
@@ -99,7 +100,7 @@ def id_token_claims(
 
 
 def openid_configuration(*, issuer: str, jwks_uri: str) -> dict[str, Any]:
-    """``<oauth2>/.well-known/openid-configuration`` (§0, §2.1): issuer = the ``/oauth2`` URL."""
+    """``<oauth2>/.well-known/openid-configuration`` (docs/epic-notes.md §0): issuer = the ``/oauth2`` URL."""
     return {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/authorize",

@@ -1,8 +1,9 @@
-"""``POST <root>/oauth2/introspect`` (RFC 7662), as client code calls it at Epic (epic-behaviour.md §2.9, checklist 1).
+"""``POST <root>/oauth2/introspect`` (RFC 7662), as client code calls it at Epic (docs/epic-notes.md §2.9).
 
 Epic's documentation reviewed does not describe it; client code reads ``active``, ``scope``, ``client_id``,
-``exp``, ``sub`` and ``iss`` [uncertain]. The sandbox answers those for its own access tokens: a live token is
-``active: true``; anything else (unknown, expired, malformed) is just ``{"active": false}``, as RFC 7662 says.
+``exp``, ``sub`` and ``iss`` (unverified at Epic, docs/epic-notes.md §2.9). The sandbox answers those for its
+own access tokens: a live token is ``active: true``; anything else (unknown, expired, malformed) is just
+``{"active": false}``, as RFC 7662 says.
 """
 
 from __future__ import annotations

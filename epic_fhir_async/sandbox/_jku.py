@@ -1,4 +1,4 @@
-"""Clients registered by JWK Set URL (JKU): Epic's fetch and cache rules (epic-behaviour.md §1.5, checklist 7).
+"""Clients registered by JWK Set URL (JKU): Epic's fetch and cache rules (docs/epic-notes.md §1.5).
 
 Epic fetches a client's JKU at most once per presented JWT, and only when its cached keys have expired or do
 not verify that JWT (so an unknown ``kid`` or a rotated key triggers a refetch). Keys are cached for at most
@@ -26,7 +26,7 @@ from ._jwt import AssertionRejected, load_public_jwks, signature_verifies, unver
 
 __all__ = ["JKU_MAX_CACHE", "JkuKeys", "cache_lifetime"]
 
-#: Epic's default and maximum JKU cache lifetime (§1.5).
+#: Epic's default and maximum JKU cache lifetime (docs/epic-notes.md §1.5).
 JKU_MAX_CACHE = 29 * 3600.0
 _FORM = "application/x-www-form-urlencoded"
 
@@ -104,7 +104,9 @@ class JkuKeys:
         return cached.keys
 
     async def prepare(self, request: Request) -> None:
-        """Refresh the asserting client's keys if they are stale or do not verify its assertion (§1.5).
+        """Refresh the asserting client's keys if they are stale or do not verify its assertion.
+
+        Epic's JWK Set URL fetch rule: docs/epic-notes.md §1.5.
 
         Anything that is not a JKU client's assertion is left alone (the token endpoint rejects it later).
         A failed fetch leaves the previous keys in place; with none, verification fails ``jku_unavailable``.

@@ -1,4 +1,4 @@
-"""Client-assertion verification for the sandbox token endpoint (epic-behaviour.md §1.3 to §1.5).
+"""Client-assertion verification for the sandbox token endpoint (docs/epic-notes.md §1.3 to §1.5).
 
 Written against joserfc and the stdlib only: the sandbox never imports the SDK's auth code, so a bug there
 cannot hide a matching bug here. Every rule raises :class:`AssertionRejected` with a short machine reason
@@ -31,13 +31,14 @@ __all__ = [
     "verify_assertion",
 ]
 
-#: Epic's maximum assertion lifetime: exp ≤ now + 300 s, exp - nbf ≤ 300, exp - iat ≤ 300 (§1.4).
+#: Epic's longest assertion lifetime (docs/epic-notes.md §1.4): exp ≤ now + 300 s, exp - nbf ≤ 300,
+#: exp - iat ≤ 300.
 MAX_ASSERTION_LIFETIME = 300.0
 #: Tolerance for a client clock slightly ahead of ours on ``iat``/``nbf``.
 CLOCK_SKEW = 5.0
 MAX_JTI_LENGTH = 151
 MIN_RSA_BITS = 2048
-#: §1.3: RS256/384/512 for RSA keys; ES256/ES384 for EC keys, each bound to its curve.
+#: docs/epic-notes.md §1.3: RS256/384/512 for RSA keys; ES256/ES384 for EC keys, each bound to its curve.
 ALLOWED_ALGS: Mapping[str, str] = {
     "RS256": "RSA",
     "RS384": "RSA",
@@ -79,13 +80,17 @@ def load_public_jwks(jwks: Mapping[str, Any]) -> KeySet:
 
 
 class StaticKeySet(KeySet):
-    """A statically uploaded public key (§1.5): Epic keeps only ``kty``/``e``/``n``, so ``kid`` is ignored."""
+    """A statically uploaded public key: Epic keeps only ``kty``/``e``/``n``, so ``kid`` is ignored.
+
+    See docs/epic-notes.md §1.5.
+    """
 
 
 def load_static_jwks(jwks: Mapping[str, Any]) -> StaticKeySet:
-    """Import a static key upload: one RSA key, reduced to ``kty``/``e``/``n`` (§1.5: ``kid``/``alg`` discarded).
+    """Import a static key upload: one RSA key, reduced to ``kty``/``e``/``n`` (``kid``/``alg`` discarded).
 
-    EC keys raise ValueError: Epic cannot take them statically, so ES256/ES384 need a JWK Set URL (§1.3).
+    As Epic does (docs/epic-notes.md §1.5). EC keys raise ValueError: Epic cannot take them statically, so
+    ES256/ES384 need a JWK Set URL (docs/epic-notes.md §1.3).
     """
     loaded = load_public_jwks(jwks)
     if len(loaded.keys) != 1:
@@ -110,10 +115,11 @@ def _segment_json(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _pick_key(keyset: KeySet, kid: Any) -> RSAKey | ECKey:
-    """Epic picks the key by ``kid`` (§1.3). A kid-less JWT is accepted only when the set has ONE key.
+    """Epic picks the key by ``kid`` (docs/epic-notes.md §1.3). A kid-less JWT is accepted only with ONE key.
 
-    Why: Epic's static-key mode discards kid (§1.5) so a single key verifies anything; with several keys and
-    no kid there is no defined choice, and guessing would hide a client bug the real server may not forgive.
+    Why: Epic's static-key mode discards kid (docs/epic-notes.md §1.5) so a single key verifies anything; with
+    several keys and no kid there is no defined choice, and guessing would hide a client bug the real server
+    may not forgive.
     """
     keys = keyset.keys
     if kid is None or isinstance(keyset, StaticKeySet):
@@ -167,7 +173,8 @@ def unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def signature_verifies(token: str, keyset: KeySet) -> bool:
     """True when ``token``'s signature verifies with the key its header picks (claims are not checked).
 
-    The JKU cache asks this to decide whether cached keys "did not verify the JWT" (§1.5) and a refetch is due.
+    The JKU cache asks this to decide whether cached keys "did not verify the JWT" (docs/epic-notes.md §1.5)
+    and a refetch is due.
     """
     try:
         header, _ = _segment_json(token)
@@ -194,8 +201,8 @@ def verify_assertion(
 
     ``keys_for(client_id)`` returns the client's :class:`KeySet` or raises AssertionRejected itself. Replay of
     ``jti`` is the caller's job (it owns the seen-jti store). ``audience``: the token URL, or several accepted
-    values (Epic customers may allow-list proxy audiences, §1.4). ``jku_for(client_id)``, when given, is the
-    client's registered JWK Set URL: a ``jku`` header must equal it (§1.3).
+    values (Epic customers may allow-list proxy audiences, docs/epic-notes.md §1.4). ``jku_for(client_id)``,
+    when given, is the client's registered JWK Set URL: a ``jku`` header must equal it (§1.3).
     """
     header, claims = _segment_json(token)
     alg = header.get("alg")
@@ -220,7 +227,8 @@ def verify_assertion(
     # Claims are checked after the signature so an unsigned forgery can never probe the rules.
     aud = claims.get("aud")
     accepted = {audience} if isinstance(audience, str) else set(audience)
-    # §1.4: the token URL exactly (a trailing slash fails); RFC 7519 also allows a one-element array.
+    # docs/epic-notes.md §1.4: the token URL exactly (a trailing slash fails); RFC 7519 also allows an
+    # array of one.
     if isinstance(aud, list) and len(aud) == 1:
         aud = aud[0]
     if not isinstance(aud, str) or aud not in accepted:
@@ -234,13 +242,13 @@ def verify_assertion(
     for name in ("nbf", "iat"):
         value = _number(claims, name, required=False)
         if value is None:
-            continue  # §1.4: Epic's own sample omits nbf; both optional.
+            continue  # docs/epic-notes.md §1.4: Epic's own sample omits nbf; both optional.
         if value > now + CLOCK_SKEW:
             raise AssertionRejected(f"{name}_in_future")
         if value > exp or exp - value > MAX_ASSERTION_LIFETIME:
             raise AssertionRejected(f"{name}_window")
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti:  # §1.4: a JSON string since Nov 2024
+    if not isinstance(jti, str) or not jti:  # docs/epic-notes.md §1.4: a JSON string since Nov 2024
         raise AssertionRejected("bad_jti")
     if len(jti) > MAX_JTI_LENGTH:
         raise AssertionRejected("jti_too_long")

@@ -1,9 +1,9 @@
 """HTML pages of the sandbox's authorize endpoint: the authorize error page and the test login page.
 
-epic-behaviour.md §2.2: Epic answers a bad authorize request with an HTML page ("Something went wrong trying to
-authorize the client. Please try logging in again."), never with an error redirect, so an app cannot be sent
-to an unregistered redirect URI. The page also names the short reason (``redirect_uri_mismatch`` ...) so tests
-and developers can see which rule failed; it never echoes request values.
+docs/epic-notes.md §2.2: Epic answers a bad authorize request with an HTML page ("Something went wrong trying
+to authorize the client. Please try logging in again."), never with an error redirect, so an app cannot be
+sent to an unregistered redirect URI. The page also names the short reason (``redirect_uri_mismatch`` ...) so
+tests and developers can see which rule failed; it never echoes request values.
 """
 
 from __future__ import annotations

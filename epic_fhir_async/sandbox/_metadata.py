@@ -1,4 +1,4 @@
-"""``GET [base]/metadata`` per ``Epic-Client-ID``, rendered once and cached (epic-behaviour.md §2.1, checklist 26).
+"""``GET [base]/metadata`` per ``Epic-Client-ID``, rendered once and cached (docs/epic-notes.md §2.1).
 
 Epic lists the ``register`` URI only for a request that names a client (``Epic-Client-ID``) allowed to register
 dynamically, and some customers override the OAuth endpoints per client ID, so the statement depends on that

@@ -1,6 +1,6 @@
 """The sandbox's OAuth 2.0 server: SMART Backend Services token endpoint and bearer checks.
 
-Reproduces epic-behaviour.md §1 and the "Emulator checklist" items 5 to 9 and 14: a form-only token endpoint that
+Reproduces docs/epic-notes.md §1 and the bearer checks of §3.7: a form-only token endpoint that
 verifies JWT client assertions (see :mod:`._jwt`) and answers every authentication failure with Epic's bare
 ``{"error": "invalid_client", "error_description": null}``; the real reason is kept for tests and operators in
 :attr:`OAuthServer.failures` and ``stats["token_failures:<reason>"]``. Access tokens are opaque JWT-shaped
@@ -75,11 +75,12 @@ class OAuthServer(ClientRegistry):
             jku=jku if jku is not None else JkuKeys(clock=clock, stats=stats),
         )
         self.token_url = token_url
-        #: Extra assertion ``aud`` values accepted besides the token URL (customer allow-lists for proxies, §1.4).
+        #: Extra assertion ``aud`` values accepted besides the token URL (customer allow-lists for proxies,
+        #: docs/epic-notes.md §1.4).
         self.audiences = tuple(audiences)
         self.stats = stats
         self.token_lifetime = token_lifetime
-        #: Fraction of otherwise-valid token requests answered with Epic's bare-400 flake (§1.7).
+        #: Share of valid token requests answered with Epic's bare-400 flake (docs/epic-notes.md §1.7).
         self.token_flake_rate = 0.0
         #: Recent rejection reasons, newest last (short codes only, never a token or an assertion).
         self.failures: collections.deque[str] = collections.deque(maxlen=_MAX_FAILURES_KEPT)
@@ -98,11 +99,17 @@ class OAuthServer(ClientRegistry):
 
     @property
     def assertion_audiences(self) -> tuple[str, ...]:
-        """Every ``aud`` a client assertion may carry: the token URL, then the allow-listed extras (§1.4)."""
+        """Every ``aud`` a client assertion may carry: the token URL, then the allow-listed extras.
+
+        Epic customers may allow extra audiences for a proxy (docs/epic-notes.md §1.4).
+        """
         return (self.token_url, *self.audiences)
 
     def record_failure(self, reason: str) -> None:
-        """Keep a token-endpoint rejection reason for tests and operators (never on the wire, §1.7)."""
+        """Keep a token-endpoint rejection reason for tests and operators (never on the wire, as at Epic).
+
+        Epic's ``invalid_client`` never says which rule failed (docs/epic-notes.md §1.7).
+        """
         self.failures.append(reason)
         self.stats[f"token_failures:{reason}"] += 1
 
@@ -125,12 +132,18 @@ class OAuthServer(ClientRegistry):
         self._routes[subpath.strip("/")] = handler
 
     def add_grant(self, grant_type: str, handler: Callable[[Mapping[str, str], Request], Response]) -> None:
-        """Answer another ``grant_type`` at the token endpoint, after its form checks (§2.3, §2.6)."""
+        """Answer another ``grant_type`` at the token endpoint, after its form checks.
+
+        Used for Epic's code exchange and refresh grants (docs/epic-notes.md §2.3, §2.6).
+        """
         self._grants[grant_type] = handler
 
     # -- tokens -----------------------------------------------------------------------------------------
     def _mint(self, client_id: str, lifetime: float) -> str:
-        """An opaque, JWT-shaped token (~1 kB like Epic's, §1.6); only our table gives it meaning."""
+        """An opaque, JWT-shaped token (~1 kB like Epic's); only our table gives it meaning.
+
+        Like Epic's access tokens, it is not meant to be decoded by clients (docs/epic-notes.md §1.6).
+        """
         now = self.clock.now()
         jti = secrets.token_urlsafe(24)
         header = b64url(_json.dumps({"alg": "RS256", "typ": "JWT"}))
@@ -164,7 +177,7 @@ class OAuthServer(ClientRegistry):
 
     # -- HTTP -------------------------------------------------------------------------------------------
     def handle(self, request: Request, subpath: str) -> Response:
-        """Answer a request under ``/oauth2/``; unknown sub-paths get the IIS HTML 404 (§3.7)."""
+        """Answer a request under ``/oauth2/``; other sub-paths get the IIS 404 (docs/epic-notes.md §3.7)."""
         route = self._routes.get(subpath.strip("/"))
         return route(request) if route is not None else html_404()
 
@@ -174,7 +187,7 @@ class OAuthServer(ClientRegistry):
 
     def _token_endpoint(self, request: Request) -> Response:
         self.stats["token_requests"] += 1
-        # §1.2/§1.7: POST, form body, nothing in the query string; else invalid_request.
+        # docs/epic-notes.md §1.2/§1.7: POST, form body, nothing in the query string; else invalid_request.
         if request.method != "POST":
             return self._reject("not_post", "invalid_request")
         if request.raw_query:
@@ -226,7 +239,7 @@ class OAuthServer(ClientRegistry):
             }
         )
 
-    # -- bearer checks (§3.7, checklist 14) -------------------------------------------------------------
+    # -- bearer checks (docs/epic-notes.md §3.7) ------------------------------------------------------
     def check_bearer(self, authorization: str | None, resource_type: str | None) -> BearerCheck:
         """401 for a missing/bad/expired token, 403 when the client lacks ``resource_type``; else the client.
 

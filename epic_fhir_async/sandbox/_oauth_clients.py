@@ -1,6 +1,6 @@
 """The sandbox's client registry: Epic's app registrations as its token endpoint and bearer checks see them.
 
-Reproduces epic-behaviour.md §1.1, §1.5, §2.8 and §5 ("Emulator checklist" 5, 6 and 8): a backend client is
+Reproduces docs/epic-notes.md §1.1, §1.5, §2.8 and §5.2: a backend client is
 registered by public JWK Set, by Epic's static key upload (one RSA key) or by JWK Set URL (:mod:`._jku`); a
 client ID belongs to one environment (non-production or production) and the other refuses it; keys work only
 after Epic's sync delay, and Incoming APIs (resource types) added later answer 403 until they sync; a backend
@@ -48,11 +48,12 @@ class BackendClient:
     client_id: str
     keys: KeySet
     resource_types: frozenset[str] | None
-    active_from: float  # sandbox time when the key "syncs" (Epic's key sync delay, §5)
+    active_from: float  # sandbox time when the key "syncs" (Epic's key sync delay, docs/epic-notes.md §5.2)
     user_mapped: bool
     scope_style: ScopeStyle = "v1"
     environment: str = "non-production"
-    # APIs added after registration: (sandbox time they sync, types); 403 until then (§5 sync delays).
+    # APIs added after registration: (sandbox time they sync, types); 403 until then, as at Epic
+    # (docs/epic-notes.md §5.2).
     pending: list[tuple[float, frozenset[str]]] = field(default_factory=list)
 
 
@@ -63,7 +64,7 @@ class ClientRegistry:
         self.clock = clock
         #: "non-production" (Epic's sandbox) or "production": clients registered for the other one are refused.
         self.environment = environment
-        #: Clients registered by JWK Set URL and their cached keys (§1.5).
+        #: Clients registered by JWK Set URL and their cached keys (docs/epic-notes.md §1.5).
         self.jku = jku
         self._clients: dict[str, BackendClient] = {}
         self._app_types: dict[str, frozenset[str] | None] = {}
@@ -84,15 +85,15 @@ class ClientRegistry:
         """Register (or replace) a backend client with its PUBLIC JWKS, or its JWK Set URL ``jku``.
 
         ``jwks`` behaves like a JKU whose keys are already cached (every algorithm, keys picked by ``kid``);
-        ``static=True`` is Epic's static key upload (§1.5: one RSA key, only kty/e/n kept, ``kid`` ignored, no
-        ES256/ES384); ``jku`` is fetched and cached as Epic does (see :mod:`._jku`). ``resource_types``:
-        ``"Observation"`` (whole type) or ``"Observation?category=laboratory"`` (a sub-type); None allows
-        everything. ``sync_delay`` seconds of sandbox time pass before the keys work (Epic's sync delay:
-        ``invalid_client`` until then); ``user_mapped=False`` gives ``unauthorized_client`` (§1.1).
-        ``scope_style``: "v1", "v2" or "epic" (the token response's ``scope``, §2.8). ``environment``: the
-        environment this client ID belongs to (default: this server's); Epic refuses a production ID in the
-        sandbox and vice versa with ``invalid_client`` (§1.1, §5). Raises ValueError for a JWKS with private
-        parts or unsupported keys.
+        ``static=True`` is Epic's static key upload (docs/epic-notes.md §1.5: one RSA key, only kty/e/n kept,
+        ``kid`` ignored, no ES256/ES384); ``jku`` is fetched and cached as Epic does (see :mod:`._jku`).
+        ``resource_types``: ``"Observation"`` (whole type) or ``"Observation?category=laboratory"`` (a
+        sub-type); None allows everything. ``sync_delay`` seconds of sandbox time pass before the keys work
+        (Epic's sync delay: ``invalid_client`` until then); ``user_mapped=False`` gives
+        ``unauthorized_client`` (docs/epic-notes.md §1.1). ``scope_style``: "v1", "v2" or "epic" (the token
+        response's ``scope``, §2.8). ``environment``: the environment this client ID belongs to (default: this
+        server's); Epic refuses a production ID in the sandbox and vice versa with ``invalid_client``
+        (docs/epic-notes.md §1.1, §5.2). Raises ValueError for a JWKS with private parts or unsupported keys.
         """
         if not client_id:
             raise ValueError("client_id must be non-empty")
@@ -123,7 +124,10 @@ class ClientRegistry:
     def add_resource_types(
         self, client_id: str, resource_types: Iterable[str], *, sync_delay: float = 0.0
     ) -> None:
-        """Add Incoming APIs to a registered client; until ``sync_delay`` has passed they answer 403 (§5)."""
+        """Add Incoming APIs to a registered client; until ``sync_delay`` has passed they answer 403.
+
+        Epic's sync delay for newly added APIs (docs/epic-notes.md §5.2).
+        """
         client = self._clients[client_id]
         client.pending.append((self.clock.now() + sync_delay, frozenset(resource_types)))
 
@@ -152,7 +156,10 @@ class ClientRegistry:
         return client.resource_types
 
     def scope(self, client: BackendClient) -> str:
-        """The ``scope`` of a token for ``client``: its synced types, in its registration's style (§2.8)."""
+        """The ``scope`` of a token for ``client``: its synced types, in its registration's style.
+
+        Epic's scope styles: docs/epic-notes.md §2.8.
+        """
         types = self.allowed_types(client.client_id)
         return scope_string(_DEFAULT_SCOPE_TYPES if types is None else types, client.scope_style)
 
@@ -162,7 +169,8 @@ class ClientRegistry:
         if client is None:
             raise AssertionRejected("unknown_client")
         if client.environment != self.environment:
-            raise AssertionRejected("wrong_environment")  # non-prod ID at production, or vice versa (§1.1)
+            # A non-production ID at production, or vice versa (docs/epic-notes.md §1.1).
+            raise AssertionRejected("wrong_environment")
         if self.clock.now() < client.active_from:
             raise AssertionRejected("not_synced")
         if self.jku.url_for(client_id) is not None:

@@ -1,10 +1,11 @@
 """What Epic's OAuth server puts on the wire, shared by the backend and the SMART token paths.
 
-epic-behaviour.md §1.7: every token failure is a bare ``{"error": ..., "error_description": null}`` (400); token
-responses carry ``Cache-Control: no-store``. §3.7: a missing, bad or expired bearer token gets 401 with an
-empty body that still claims a JSON content type, plus a ``WWW-Authenticate`` challenge (403
-``insufficient_scope`` for a type the client may not read). §1.4: a client assertion's ``jti`` is single-use
-until its ``exp``. Epic's tokens, codes and launch tokens are JWT-shaped (§1.6, §2.2): :func:`b64url` builds
+Every token failure is a bare ``{"error": ..., "error_description": null}`` (400, docs/epic-notes.md §1.7);
+token responses carry ``Cache-Control: no-store``. A missing, bad or expired bearer token gets 401 with a JSON
+content type and a ``WWW-Authenticate`` challenge (403 ``insufficient_scope`` for a type the client may not
+read, docs/epic-notes.md §3.7). Epic's 401 body is the two bytes ``""``; the sandbox sends an empty body, so
+it differs there. A client assertion's ``jti`` is single-use until its ``exp`` (docs/epic-notes.md §1.4).
+Epic's tokens, codes and launch tokens are JWT-shaped (docs/epic-notes.md §1.6, §2.2): :func:`b64url` builds
 them.
 """
 
@@ -35,7 +36,10 @@ INSUFFICIENT_SCOPE = (
 
 
 def oauth_error(error: str, *, with_null_description: bool = True) -> Response:
-    """Epic's 400 token-endpoint error; ``error_description`` is literally null (§1.7) unless left out."""
+    """Epic's 400 token-endpoint error; ``error_description`` is literally null unless left out.
+
+    Epic never says which rule failed (docs/epic-notes.md §1.7).
+    """
     body: dict[str, Any] = {"error": error}
     if with_null_description:
         body["error_description"] = None
@@ -50,7 +54,10 @@ def token_response(body: Mapping[str, Any]) -> Response:
 
 
 def bearer_failure(status: int, challenge: str) -> Response:
-    """§3.7: empty body but still a JSON content type, and the challenge, exactly as Epic answers."""
+    """Epic's JSON content type and challenge (docs/epic-notes.md §3.7), with an empty body.
+
+    Epic's 401 body is the two bytes ``""``, so the sandbox differs there.
+    """
     return Response(status, [("content-type", JSON_UTF8), ("www-authenticate", challenge)], b"")
 
 
@@ -61,7 +68,10 @@ def b64url(data: bytes) -> str:
 
 @dataclass
 class JtiCache:
-    """Client-assertion ``jti``s seen, each kept until its assertion's ``exp`` (replays are refused, §1.4)."""
+    """Client-assertion ``jti``s seen, each kept until its assertion's ``exp``.
+
+    Epic refuses a replayed ``jti`` until then (docs/epic-notes.md §1.4).
+    """
 
     jtis: dict[tuple[str, str], float] = field(default_factory=dict)  # (client, jti) -> assertion exp
 

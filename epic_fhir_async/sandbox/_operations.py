@@ -1,4 +1,4 @@
-"""``Patient/$match`` and ``Patient/<id>/$summary`` (epic-behaviour.md §3.2; checklist 23). No ``$everything``."""
+"""Epic's ``Patient/$match`` and ``Patient/<id>/$summary`` (docs/epic-notes.md §3.2). No ``$everything``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Searchset Bundles and paging sessions (epic-behaviour.md §3.5, §3.6; checklist 17, 18).
+"""Searchset Bundles and paging sessions, shaped like Epic's (docs/epic-notes.md §3.5, §3.6).
 
 Serving must cost far less than parsing: each match entry is rendered to JSON bytes once and cached, so a
 page is a byte join; each session page is cached whole. A session holds the query's result ids on the server;
@@ -43,7 +43,7 @@ def _references(value: Any) -> list[str]:
 
 
 def self_link_query(params: Sequence[tuple[str, str]]) -> str:
-    """§3.5: Epic's self link re-orders the query (plain parameters sorted, then the ``_`` ones)."""
+    """Epic's self link re-orders the query (docs/epic-notes.md §3.5): plain parameters sorted, then ``_``."""
     ordered = sorted(params, key=lambda kv: (kv[0].startswith("_"), kv[0]))
     return urlencode(ordered, safe="|:,/")
 
@@ -142,7 +142,10 @@ class Pager:
     def _revincluded(
         self, rtype: str, ids: Sequence[str], revincludes: Sequence[str], base: str
     ) -> list[bytes]:
-        """``_revinclude=Provenance:target`` (the only one Epic lists, §3.2): Provenances of the page's matches."""
+        """``_revinclude=Provenance:target``: Provenances of the page's matches.
+
+        It is the only ``_revinclude`` Epic lists (docs/epic-notes.md §3.2).
+        """
         if not any(spec.split(":")[:2] == ["Provenance", "target"] for spec in revincludes):
             return []
         pool = self._resources.get("Provenance", {})
@@ -169,7 +172,7 @@ class Pager:
 
     def _trailing(self, issues: list[dict[str, Any]], empty: bool) -> list[bytes]:
         if empty:
-            # §3.6: an empty search is still 200, total 0, with a 4101 warning entry.
+            # docs/epic-notes.md §3.6: an empty search is still 200, total 0, with a 4101 warning entry.
             issues = [
                 *issues,
                 outcome_issue("warning", "processing", "4101", "Resource request returns no results."),
@@ -189,7 +192,10 @@ class Pager:
         includes: Sequence[str] = (),
         revincludes: Sequence[str] = (),
     ) -> bytes:
-        """The first page of a search; opens a session when the results do not fit (§3.5)."""
+        """The first page of a search; opens a session when the results do not fit on one page.
+
+        Paging as Epic does it: docs/epic-notes.md §3.5.
+        """
         base = self._check_base()
         self_link = {
             "relation": "self",
@@ -214,7 +220,8 @@ class Pager:
         entries += self._included(rtype, ids[:page_size], includes, base)
         entries += self._revincluded(rtype, ids[:page_size], revincludes, base)
         links = [self_link, {"relation": "next", "url": f"{base}/{rtype}?sessionID=1-{token}"}]
-        # Paged bundles report the entries on this page as total (§3.5); outcomes ride on the first page.
+        # Paged bundles report the entries on this page as total (docs/epic-notes.md §3.5); outcomes ride on
+        # the first page.
         return self._bundle(page_size, links, entries + trailing)
 
     def session_page(self, rtype: str, session_id: str) -> bytes | None:

@@ -1,4 +1,4 @@
-"""Content negotiation and the minimal XML rendering Epic falls back to (epic-behaviour.md §3.1).
+"""Content negotiation and the minimal XML rendering Epic falls back to (docs/epic-notes.md §3.1).
 
 Epic answers ``application/xml`` when the request has no ``Accept``, ``*/*`` or an unknown type; JSON only
 when asked for ``application/fhir+json`` or ``application/json`` (the type is echoed). The XML here is a

@@ -1,4 +1,6 @@
-"""The ``scope`` of a backend token response, in the style the client's app registration picked (§1.6, §2.8).
+"""The ``scope`` of a backend token response, in the style the client's app registration picked.
+
+Epic's scope styles: docs/epic-notes.md §1.6, §2.8.
 
 Epic derives the granted scope from the app's Incoming APIs, not from the request. Three wire styles exist:
 SMART v1 (``system/Patient.read``), SMART v2 (``system/Patient.r system/Patient.s``, sub-type grants as

@@ -1,4 +1,4 @@
-"""Search validation and filtering with Epic's per-type rules (epic-behaviour.md §3.3, §3.4; checklist 15, 16).
+"""Search validation and filtering with Epic's per-type rules (docs/epic-notes.md §3.3, §3.4).
 
 :func:`run_search` turns a type and its parameters into the matching ids plus trailing outcome issues, or a
 :class:`SearchFailure` (status + OperationOutcome issues) exactly as Epic rejects the search.
@@ -25,13 +25,14 @@ _CLINICAL_PARAMS = frozenset(
     {"patient", "subject", "category", "code", "date", "clinical-status", "status", "encounter", "issued",
      "onset-date", "recorded-date", "authoredon", "type", "period", "intent", "identifier", "based-on"}
 )  # fmt: skip
-#: Types whose search requires a patient (§3.3); AllergyIntolerance answers 403 instead of 400.
+#: Types whose search requires a patient (docs/epic-notes.md §3.3); AllergyIntolerance answers 403, not 400.
 _PATIENT_REQUIRED = frozenset(
     {"AllergyIntolerance", "CarePlan", "CareTeam", "Condition", "DiagnosticReport", "DocumentReference",
      "Encounter", "EpisodeOfCare", "Goal", "Immunization", "MedicationRequest", "MedicationStatement",
      "Observation", "Procedure", "ServiceRequest", "FamilyMemberHistory", "Coverage", "Device"}
 )  # fmt: skip
-#: §3.3: accepted Observation categories; procedure/therapy/activity error out (June 2025).
+#: Accepted Observation categories; procedure/therapy/activity error out since June 2025
+#: (docs/epic-notes.md §3.3).
 _OBS_CATEGORIES = frozenset(
     {"social-history", "vital-signs", "imaging", "laboratory", "survey", "exam", "smartdata",
      "core-characteristics", "functional-mental-status", "genomics", "lda", "obstetrics-gynecology",
@@ -75,12 +76,12 @@ def run_search(
     values: dict[str, list[str]] = {}
     for name, value in params:
         if rtype == "EpisodeOfCare" and name.startswith("type:"):
-            continue  # §3.3: `type:not` tricks do not satisfy EpisodeOfCare's required type
+            continue  # docs/epic-notes.md §3.3: `type:not` does not satisfy EpisodeOfCare's required type
         if name.split(":")[0] in known:
             values.setdefault(name.split(":")[0], []).append(value)
     result = _search(rtype, values, resources, by_patient, allowed)
     if isinstance(result, SearchFailure):
-        # §3.4: on failing searches the ignored parameters are listed first, as information issues.
+        # docs/epic-notes.md §3.4: a failing search lists the ignored parameters first, as information issues.
         notes = [
             outcome_issue(
                 "information",
@@ -117,7 +118,8 @@ def _search(
     if "_id" in values:
         ids = [i for v in values["_id"] for i in v.split(",") if i]
         if ids and not any(i in pool for i in ids) and any(i in r for r in resources.values() for i in ids):
-            # §3.3: an id of another type is an information/not-found 400, not an empty searchset.
+            # docs/epic-notes.md §3.3: an id of another type is an information/not-found 400, not an empty
+            # searchset.
             return SearchFailure(
                 400,
                 [
@@ -139,7 +141,7 @@ def _search(
     ]
     if rtype in _PATIENT_REQUIRED and not patient_values and "_id" not in values:
         if rtype == "AllergyIntolerance":
-            # §3.3: Epic answers 403 with a processing outcome here, not 400.
+            # docs/epic-notes.md §3.3: Epic answers 403 with a processing outcome here, not 400.
             return fatal(
                 403, "processing", "59159", "Business rule failed.",
                 "This resource requires a patient parameter for searching.",
@@ -269,7 +271,7 @@ def _matchers(rtype: str, values: dict[str, list[str]]) -> list[Callable[[dict[s
     for raw in values.get("status", []):
         out.append(partial(_status_match, raw=raw))
     for name in _DATE_PARAMS:
-        # §3.3: Observation's non-standard `issued` searches the issued instant only.
+        # docs/epic-notes.md §3.3: Observation's non-standard `issued` searches the issued instant only.
         fields = ("issued",) if name == "issued" else _DATE_FIELDS.get(rtype, ())
         for raw in values.get(name, []):
 
@@ -288,7 +290,7 @@ def _apply_subtypes(
     values: dict[str, list[str]],
     allowed: frozenset[str] | None,
 ) -> SearchResult:
-    """Drop results of sub-types the client lacks, with Epic's 59204 warning (§3.6, checklist 17)."""
+    """Drop results of sub-types the client lacks, with Epic's 59204 warning (docs/epic-notes.md §3.6)."""
     if allowed is None or rtype in allowed:
         return SearchResult(ids)
     prefix = f"{rtype}?category="

@@ -1,4 +1,7 @@
-"""Patient search (epic-behaviour.md §3.3): demographics or ``_id``/``identifier``; weak single params find nobody."""
+"""Patient search: demographics or ``_id``/``identifier``; weak single params find nobody.
+
+Epic's rules for it: docs/epic-notes.md §3.3.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +43,10 @@ def fatal(status: int, code: str, epic: str, text: str, diagnostics: str, **kw: 
 def patient_search(
     values: dict[str, list[str]], pool: Mapping[str, dict[str, Any]]
 ) -> SearchResult | SearchFailure:
-    """§3.3: demographics or _id/identifier; a single weak parameter finds nobody (200, total 0)."""
+    """Demographics or _id/identifier; a single weak parameter finds nobody (200, total 0).
+
+    Epic's Patient search rules: docs/epic-notes.md §3.3.
+    """
     demo = [name for name in values if name in PATIENT_DEMOGRAPHICS]
     if "_id" not in values and "identifier" not in values and not demo:
         return fatal(

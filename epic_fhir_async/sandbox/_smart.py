@@ -1,7 +1,7 @@
 """SMART App Launch in the sandbox: app registry, EHR launch tokens, ``/oauth2/authorize`` and the test login.
 
-Reproduces epic-behaviour.md §2.1, §2.2 and checklist 10: exact ``redirect_uri`` match, ``aud`` = the FHIR base,
-PKCE S256 only, ``launch`` tokens for EHR launches, POST only with ``launch``, codes as long JWT-like strings and
+Reproduces docs/epic-notes.md §2.1 and §2.2: exact ``redirect_uri`` match, ``aud`` = the FHIR base, PKCE S256
+only, ``launch`` tokens for EHR launches, POST only with ``launch``, codes as long JWT-like strings and
 ``state`` echoed. Every authorize failure is Epic's HTML error page (400), never a redirect; only a user's
 refusal (``deny_next`` or the login page's Deny) redirects, with ``error=access_denied``. The token side lives
 in :mod:`._smart_tokens`, id_tokens and discovery in :mod:`._idtoken`, dynamic registration in
@@ -39,9 +39,11 @@ from ._urls import FHIR_PATH, SandboxUrls
 
 __all__ = ["SmartServer"]
 
-#: §2.2: scopes that ask for no FHIR data or launch context; only such a pure OIDC login may omit ``aud``.
+#: Scopes that ask for no FHIR data or launch context; only such a pure OIDC login may omit ``aud``
+#: (docs/epic-notes.md §2.2).
 _OIDC_ONLY = frozenset({"openid", "fhirUser", "profile", "offline_access", "online_access"})
-#: §2.4: ``smart_style_url`` points at ``.../api/epic/2016/EDI/HTTP/style/<n>/<base64>.json``.
+#: Epic's ``smart_style_url`` (docs/epic-notes.md §2.4) points at
+#: ``.../api/epic/2016/EDI/HTTP/style/<n>/<base64>.json``.
 _STYLE_PATH = "/api/epic/2016/EDI/HTTP/style/100019/TFRBX2V4dGVuc2lvbnM.json"
 _STYLE = {
     "color_background": "#edeae3",
@@ -203,7 +205,7 @@ class SmartServer:
             pairs = request.query
         elif request.method == "POST":
             pairs = request.form()
-            # §2.2: POST (Epic Nov 2020+) is for EHR launches only.
+            # docs/epic-notes.md §2.2: POST (Epic Nov 2020+) is for EHR launches only.
             if not any(key == "launch" and value for key, value in pairs):
                 raise AuthorizeRejected("post_without_launch")
         else:
@@ -211,26 +213,27 @@ class SmartServer:
         return first_values(pairs)
 
     def _validate(self, params: Mapping[str, str]) -> _Request:
+        # Epic's authorize rules, each refused with its error page (docs/epic-notes.md §2.2).
         app = self.apps.get(params.get("client_id", ""))
         if app is None:
             raise AuthorizeRejected("unknown_client")
         redirect_uri = params.get("redirect_uri")
         if not redirect_uri:
             raise AuthorizeRejected("missing_redirect_uri")
-        if redirect_uri not in app.redirect_uris:  # §2.2: exact, case-sensitive
+        if redirect_uri not in app.redirect_uris:  # exact, case-sensitive
             raise AuthorizeRejected("redirect_uri_mismatch")
         if params.get("response_type") != "code":
             raise AuthorizeRejected("unsupported_response_type")
         scopes = tuple(dict.fromkeys(params.get("scope", "").split()))
         if not scopes:
-            raise AuthorizeRejected("missing_scope")  # §2.2: required in Epic's sandbox
+            raise AuthorizeRejected("missing_scope")  # required in Epic's sandbox
         launch = self._launch(params.get("launch"), app)
         if launch is None and "launch" in scopes:
-            raise AuthorizeRejected("launch_scope_without_launch")  # §2.2: standalone must not ask for it
+            raise AuthorizeRejected("launch_scope_without_launch")  # standalone must not ask for it
         aud = params.get("aud")
         if aud is None:
             if params.get("launch") or not set(scopes) <= _OIDC_ONLY:
-                raise AuthorizeRejected("missing_aud")  # §2.2: required with launch context since May 2023
+                raise AuthorizeRejected("missing_aud")  # required with launch context since May 2023
         elif aud != self.urls.fhir_base:
             raise AuthorizeRejected("invalid_aud")
         challenge = self._challenge(params)
@@ -241,7 +244,7 @@ class SmartServer:
             params.get("state"),
             params.get("nonce"),
             challenge,
-            launch if "launch" in scopes else None,  # §2.2: without the launch scope the user logs in instead
+            launch if "launch" in scopes else None,  # without the launch scope the user logs in instead
         )
 
     def _launch(self, token: str | None, app: SmartApp) -> Launch | None:
@@ -251,11 +254,14 @@ class SmartServer:
         if launch is None or launch.expires_at <= self.clock.now():
             raise AuthorizeRejected("invalid_launch_token")
         if launch.client_id is not None and launch.client_id != app.client_id:
-            raise AuthorizeRejected("invalid_launch_token")  # §2.2: a launch token of another client
+            raise AuthorizeRejected("invalid_launch_token")  # a launch token of another client
         return launch
 
     def _challenge(self, params: Mapping[str, str]) -> str | None:
-        """§2.2: PKCE with S256 only; ``plain`` (or a challenge without its method) is refused."""
+        """PKCE with S256 only: ``plain`` (or a challenge without its method) is refused.
+
+        Epic supports no other method (docs/epic-notes.md §2.2).
+        """
         challenge, method = params.get("code_challenge"), params.get("code_challenge_method")
         if challenge is None and method is None:
             if self.settings.require_pkce:
@@ -275,15 +281,16 @@ class SmartServer:
         return provider_user(self.settings.standalone_user)  # None: neither FHIR nor FHIRTWO
 
     def _approve(self, auth: _Request, identity: Identity) -> Response:
+        # The launch context Epic returns (docs/epic-notes.md §2.4).
         launch = auth.launch
         if launch is not None:
             patient: str | None = launch.patient
         elif identity.resource_type == "Patient":
-            patient = identity.fhir_id  # §2.4: patient-facing standalone launches return the patient
+            patient = identity.fhir_id  # patient-facing standalone launches return the patient
         elif "launch/patient" in auth.scopes:
             patient = self.settings.standalone_patient
         else:
-            patient = None  # §2.4: provider standalone launches carry no patient
+            patient = None  # provider standalone launches carry no patient
         if patient is not None and patient not in self.dataset.resources.get("Patient", {}):
             return self._fail("unknown_patient")
         grant = Grant(
@@ -293,7 +300,7 @@ class SmartServer:
             patient=patient,
             encounter=launch.encounter if launch is not None else None,
             context=dict(launch.context) if launch is not None else {},
-            need_patient_banner=launch is None,  # §2.4: Hyperspace shows its own banner
+            need_patient_banner=launch is None,  # Hyperspace shows its own banner
             state=auth.state,
             nonce=auth.nonce,
         )

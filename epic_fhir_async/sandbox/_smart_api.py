@@ -1,6 +1,6 @@
 """The SMART App Launch part of :class:`~epic_fhir_async.sandbox.EpicSandbox`'s public API (docs/sandbox.md).
 
-Stands in for Epic's app registration and Hyperspace (epic-behaviour.md §2.2, §2.3, §2.6): a test registers a
+Stands in for Epic's app registration and Hyperspace (docs/epic-notes.md §2.2, §2.3, §2.6): a test registers a
 SMART app with the settings Epic's developer site allows (exact redirect URIs, one client authentication
 method, refresh tokens only for confidential clients) and mints EHR launch tokens for a patient and user that
 exist. A mixin so the app module stays about routing: it checks the test's arguments, then hands them to
@@ -36,7 +36,7 @@ class SmartLaunchMixin:
         refresh_lifetime: float | None = None,
         resource_types: Iterable[str] | None = None,
     ) -> None:
-        """Register (or replace) a SMART app (epic-behaviour.md §2.3).
+        """Register (or replace) a SMART app (docs/epic-notes.md §2.3).
 
         Neither ``client_secret`` nor ``jwks``: a public client (``client_id`` in the token request body, never
         a refresh token). ``client_secret``: a confidential client authenticating with HTTP Basic
@@ -60,7 +60,10 @@ class SmartLaunchMixin:
         if client_secret is not None and not client_secret:
             raise ValueError("client_secret must be non-empty")
         if persistent_access and client_secret is None and jwks is None:
-            raise ValueError("public clients cannot get refresh tokens (Epic, §2.6): give a secret or jwks")
+            raise ValueError(
+                "public clients cannot get refresh tokens (Epic, docs/epic-notes.md §2.6): "
+                "give a secret or jwks"
+            )
         if refresh_lifetime is not None and (not persistent_access or refresh_lifetime <= 0):
             raise ValueError("refresh_lifetime needs persistent_access=True and a positive number of seconds")
         keys = load_public_jwks(jwks) if jwks is not None else None

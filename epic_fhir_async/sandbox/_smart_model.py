@@ -1,4 +1,6 @@
-"""Records shared by the sandbox's SMART App Launch parts (epic-behaviour.md §2): apps, users, launches, grants.
+"""Records shared by the sandbox's SMART App Launch parts: apps, users, launches, grants.
+
+Epic's SMART App Launch: docs/epic-notes.md §2.
 
 Kept apart from the endpoints so the authorize side (:mod:`._smart`) and the token side
 (:mod:`._smart_tokens`) can share them without importing each other.
@@ -33,7 +35,7 @@ __all__ = [
     "mychart_user",
 ]
 
-#: Epic's public sandbox provider logins (epic-behaviour.md §2.2, §6), each mapped to a dataset Practitioner.
+#: Epic's public sandbox provider logins (docs/epic-notes.md §2.2, §6), each mapped to a dataset Practitioner.
 #: Why these ids: FHIRTWO "has a linked provider record" (the doc-example practitioner); FHIR is the generic
 #: "User Interconnect" seen on sandbox vitals.
 PROVIDER_USERS: Mapping[str, str] = {"FHIR": NAMED_PRACTITIONERS[2][0], "FHIRTWO": NAMED_PRACTITIONERS[0][0]}
@@ -117,7 +119,7 @@ def dstu2_patient_id(fhir_id: str) -> str:
 
 @dataclass
 class SmartApp:
-    """A registered SMART app; no secret and no keys = a public client (epic-behaviour.md §2.3)."""
+    """A registered SMART app; no secret and no keys = a public client (docs/epic-notes.md §2.3)."""
 
     client_id: str
     redirect_uris: tuple[str, ...]
@@ -159,7 +161,9 @@ class Grant:
 
 
 def jwt_shaped(kind: str, claims: Mapping[str, Any], *, padding: int = 300) -> str:
-    """A long, opaque, JWT-looking string (Epic's codes and launch tokens are JWTs, §2.2): never truncate.
+    """A long, opaque, JWT-looking string (Epic's codes and launch tokens are, docs/epic-notes.md §2.2).
+
+    Never truncate it.
 
     Only the issuing table gives it meaning; ``padding`` random bytes make it as long as Epic's.
     """

@@ -1,4 +1,4 @@
-"""Dynamic client registration and the JWT-bearer grant (epic-behaviour.md §2.7, checklist 13).
+"""Dynamic client registration and the JWT-bearer grant, as Epic runs them (docs/epic-notes.md §2.7).
 
 A patient-facing app first does a standalone launch as a public client; the access token it gets is a one-time
 "initial access token" for ``POST <root>/oauth2/register`` (JSON ``{"software_id": <app client id>, "jwks":
@@ -61,7 +61,7 @@ class DynamicClients:
         grant = self.tokens.access_grants.get(initial)
         if check.failure is not None or grant is None or initial in self._used:
             self.stats["register_failures"] += 1
-            # Not a live, unspent initial access token: the FHIR server's 401 (§3.7 shape).
+            # Not a live, unspent initial access token: the FHIR server's 401 (docs/epic-notes.md §3.7 shape).
             return check.failure or bearer_failure(401, INVALID_TOKEN)
         if request.content_type != "application/json":
             return _metadata_error("the body must be application/json")

@@ -1,10 +1,11 @@
 """The token side of SMART App Launch: client authentication, the code and refresh grants, the token response.
 
-Reproduces epic-behaviour.md §2.3, §2.4, §2.6 and checklist 11. The OAuth server (:mod:`._oauth`) hands the
-``authorization_code`` and ``refresh_token`` grant types to :class:`SmartTokens` after its own form checks;
-backend ``client_credentials`` never comes here. Failures answer Epic's bare bodies
-(``{"error": "invalid_client" | "invalid_grant", "error_description": null}``, §1.7) and record the real
-reason like the backend path: ``OAuthServer.failures`` and ``stats["token_failures:<reason>"]``.
+Reproduces Epic's behaviour in docs/epic-notes.md §2.3, §2.4 and §2.6. The OAuth server (:mod:`._oauth`)
+hands the ``authorization_code`` and ``refresh_token`` grant types to :class:`SmartTokens` after its own form
+checks; backend ``client_credentials`` never comes here. Failures answer Epic's bare bodies
+(``{"error": "invalid_client" | "invalid_grant", "error_description": null}``, docs/epic-notes.md §1.7) and
+record the real reason like the backend path: ``OAuthServer.failures`` and
+``stats["token_failures:<reason>"]``.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ class _Refresh:
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    """``Authorization: Basic base64(urlencode(id):urlencode(secret))`` (§2.3); None without Basic."""
+    """``Authorization: Basic base64(urlencode(id):urlencode(secret))``; None without Basic.
+
+    Epic's encoding of client secrets (docs/epic-notes.md §2.3).
+    """
     if not header:
         return None
     scheme, _, value = header.strip().partition(" ")
@@ -108,7 +112,8 @@ class SmartTokens:
         self._codes: dict[str, _Code] = {}
         self._refresh: dict[str, _Refresh] = {}
         self._seen = JtiCache()
-        #: Access tokens from code exchanges -> their grant (dynamic registration's initial tokens, §2.7).
+        #: Access tokens from code exchanges -> their grant (dynamic registration's initial tokens,
+        #: docs/epic-notes.md §2.7).
         self.access_grants: dict[str, Grant] = {}
 
     # -- codes ------------------------------------------------------------------------------------------
@@ -144,8 +149,9 @@ class SmartTokens:
             return self.reject(exc)
         renewed = None
         if record.expires_at is not None:
-            # §2.6 rolling persistent access: each refresh hands out a new refresh token (the old one stops
-            # working) that keeps the FIRST token's expiry; indefinite access keeps its one token.
+            # Rolling persistent access (docs/epic-notes.md §2.6): each refresh hands out a new refresh token
+            # (the old one stops working) that keeps the FIRST token's expiry; indefinite access keeps its one
+            # token.
             del self._refresh[token]
             renewed = self._new_refresh(record.grant, record.expires_at)
         self.stats["refresh_exchanges"] += 1
@@ -157,10 +163,13 @@ class SmartTokens:
         return oauth_error(exc.error)
 
     def _authenticate(self, form: Mapping[str, str], request: Request) -> SmartApp:
-        """Public (client_id), secret (Basic or client_secret_post) or private_key_jwt (§2.3)."""
+        """Public (client_id), secret (Basic or client_secret_post) or private_key_jwt.
+
+        Epic's client authentication methods: docs/epic-notes.md §2.3.
+        """
         basic = _basic_credentials(request.headers.get("authorization"))
         if basic is not None:
-            if "client_id" in form:  # §2.3: with Basic auth, client_id is not sent in the body
+            if "client_id" in form:  # docs/epic-notes.md §2.3: with Basic auth, client_id is not in the body
                 raise GrantRejected("invalid_client", "client_id_with_basic")
             return self._check_secret(*basic)
         if "client_assertion" in form or "client_assertion_type" in form:
@@ -193,7 +202,7 @@ class SmartTokens:
     def check_client_assertion(
         self, assertion: str, form: Mapping[str, str], *, keys_for: Callable[[str], KeySet], error: str
     ) -> str:
-        """The client id of a valid, unreplayed assertion (§1.4 rules, §2.3 ``aud`` = the token URL).
+        """The client id of a valid, unreplayed assertion (docs/epic-notes.md §1.4; ``aud``: the token URL).
 
         ``error`` goes on the wire for a bad or replayed assertion; a ``client_id`` in the form that names
         another client is always ``invalid_client``.
@@ -264,13 +273,13 @@ class SmartTokens:
         return token
 
     def respond(self, grant: Grant, *, refresh: str | None, with_context: bool) -> Response:
-        """§2.4's token response; the refresh grant answers only the token fields (§2.6)."""
+        """The token response of docs/epic-notes.md §2.4; a refresh answers only the token fields (§2.6)."""
         access = self.oauth.issue_token(grant.client_id)
         body: dict[str, Any] = {
             "access_token": access,
             "token_type": "Bearer",
             "expires_in": int(self.oauth.token_lifetime),
-            # §2.4 / I-CJS138: Epic grants persistent access without echoing offline_access.
+            # Epic grants persistent access without echoing offline_access (docs/epic-notes.md §2.4).
             "scope": " ".join(s for s in grant.scopes if s != "offline_access"),
         }
         if with_context:
@@ -284,7 +293,8 @@ class SmartTokens:
                 body["__epic.dstu2.patient"] = dstu2_patient_id(grant.patient)
             if grant.encounter is not None:
                 body["encounter"] = grant.encounter
-            body["need_patient_banner"] = "true" if grant.need_patient_banner else "false"  # a string (§2.4)
+            # A string, as in Epic's examples (docs/epic-notes.md §2.4).
+            body["need_patient_banner"] = "true" if grant.need_patient_banner else "false"
             body["smart_style_url"] = self.style_url()
             body.update(grant.context)
         if refresh is not None:

@@ -1,4 +1,4 @@
-"""The sandbox's absolute URLs, laid out as Epic's (epic-behaviour.md §0, §2.1, §2.5; checklist 1 and 4).
+"""The sandbox's absolute URLs, laid out as Epic's (docs/epic-notes.md §0, §2.1, §2.5).
 
 Everything hangs below one origin and root path (``/interconnect-fhir-oauth`` in Epic's sandbox, a
 customer's own path in production): ``<root>/api/FHIR/R4`` for FHIR, ``<root>/oauth2/...`` for OAuth and

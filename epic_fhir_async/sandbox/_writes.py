@@ -1,4 +1,4 @@
-"""Create, update and Binary reads (epic-behaviour.md §3.9, §3.10; checklist 21, 22).
+"""Create, update and Binary reads, with Epic's rules (docs/epic-notes.md §3.9, §3.10).
 
 Writes go to the sandbox's own copy of the dataset (never the cached, shared one) and invalidate the
 rendered-entry cache, so later reads, searches and exports see them.
@@ -57,7 +57,7 @@ class Writer:
             return fhir_response(request, _bad_json(), 400)
         if body.get("resourceType") != rtype:
             return fhir_response(request, _invalid(f"The resourceType must be {rtype}."), 400)
-        body.pop("meta", None)  # §3.11: Epic resources carry no meta
+        body.pop("meta", None)  # docs/epic-notes.md §3.11: Epic resources carry no meta
         return body
 
     def _patient_of(self, resource: dict[str, Any]) -> str | None:
@@ -135,7 +135,10 @@ class Writer:
         return self._result(request, 200, body, f"{self.base_url()}/{rtype}/{rid}")
 
     def read_binary(self, request: Request, rid: str) -> Response:
-        """Raw bytes when ``Accept`` names the stored type; a FHIR Binary (base64 ``data``) otherwise (§3.10)."""
+        """Raw bytes when ``Accept`` names the stored type; a FHIR Binary (base64 ``data``) otherwise.
+
+        As Epic answers ``Binary`` reads (docs/epic-notes.md §3.10).
+        """
         stored = self.dataset.binaries.get(rid)
         if stored is None:
             issue = outcome_issue(

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from epic_fhir_async import EpicFHIRClient, StaticTokenAuth
-from epic_fhir_async._bulk_manifest import BulkProgress, PollCadence
 from epic_fhir_async._retry import RetryPolicy
+from epic_fhir_async.bulk._manifest import BulkProgress, PollCadence
 from epic_fhir_async.sandbox import EpicSandbox, SandboxClock
 
 CLIENT_ID = "bulk-sdk-client"

@@ -16,11 +16,11 @@ from epic_fhir_async import (
     NotFound,
     OperationOutcome,
     Page,
-    PullItem,
     SearchQuery,
     StaticTokenAuth,
-    generate_private_key,
 )
+from epic_fhir_async.auth import generate_private_key
+from epic_fhir_async.pull import PullItem
 from epic_fhir_async.sandbox import EpicSandbox
 
 

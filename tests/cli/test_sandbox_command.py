@@ -1,0 +1,121 @@
+"""``epic-fhir sandbox``: argument handling, and flags that reach the sandbox (its config, its clients). The
+server itself is exercised in tests/sandbox/ (``test_serve.py``, ``test_subprocess_server.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from joserfc.jwk import RSAKey
+
+from epic_fhir_async.cli import _sandbox
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    _sandbox.register(parser.add_subparsers())
+    return parser.parse_args(["sandbox", *argv])
+
+
+def test_defaults_bind_loopback_8765() -> None:
+    args = _parse()
+    assert (args.host, args.port, args.seed, args.patients) == ("127.0.0.1", 8765, 0, 100)
+    assert args.token_lifetime == 3600.0
+    assert args.func is _sandbox.run
+
+
+def test_flags_are_parsed(tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{"kty": "EC"}]}), encoding="utf-8")
+    args = _parse(
+        "--client", f"my-client={jwks}", "--rate-limit", "5", "--drop-rate", "0.1", "--latency-ms", "20"
+    )
+    assert (args.rate_limit, args.drop_rate, args.latency_ms) == (5.0, 0.1, 20.0)
+    assert _sandbox._load_clients(args.client) == [("my-client", {"keys": [{"kty": "EC"}]})]
+
+
+@pytest.mark.parametrize("spec", ["no-equals", "=file.json", "id="])
+def test_bad_client_spec_exits(spec: str) -> None:
+    with pytest.raises(SystemExit):
+        _sandbox._load_clients([spec])
+
+
+def test_missing_jwks_file_exits(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="cannot read"):
+        _sandbox._load_clients([f"c={tmp_path / 'absent.json'}"])
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False)]
+)
+def test_loopback_detection(host: str, loopback: bool) -> None:
+    assert _sandbox._is_loopback(host) is loopback
+
+
+@pytest.fixture
+def jwks_file(tmp_path: Path) -> Path:
+    path = tmp_path / "jwks.json"
+    key = RSAKey.generate_key(2048, parameters={"kid": "k"})
+    path.write_text(json.dumps({"keys": [key.as_dict(private=False)]}), encoding="utf-8")
+    return path
+
+
+def test_flags_become_config(jwks_file: Path) -> None:
+    args = _parse(
+        "--client", f"narrow={jwks_file}", "--client-types", "narrow=Patient,Observation?category=laboratory",
+        "--client", "remote=https://keys.example.test/jwks.json", "--scope-style", "v2",
+        "--environment", "production", "--root-path", "/FHIRProxy", "--token-audience", "https://proxy.test/t",
+        "--page-size", "50", "--session-ttl", "30", "--unknown-params", "warn",
+        "--directory", "Other=https://other.test/api/FHIR/R4/", "--retry-after", "5", "--retry-after-http-date",
+        "--export-cooldown", "86400", "--export-resources-per-file", "3000", "--export-retention", "60",
+        "--export-since", "ignore", "--no-export-type-filter", "--export-allow-post",
+        "--export-synthetic-observations", "10", "--port", "0",
+    )  # fmt: skip
+    sb = _sandbox.build_sandbox(args)
+    config = sb.config
+    assert (config.environment, config.root_path, config.token_audiences) == (
+        "production",
+        "/FHIRProxy",
+        ("https://proxy.test/t",),
+    )
+    assert (config.page_size, config.session_ttl, config.unknown_params) == (50, 30.0, "warn")
+    assert config.directory == (("Other", "https://other.test/api/FHIR/R4/"),)
+    assert (sb.faults.retry_after, sb.faults.retry_after_http_date) == (5.0, True)
+    bulk = sb.bulk
+    assert (bulk.cooldown_seconds, bulk.resources_per_file, bulk.retention_seconds) == (86400.0, 3000, 60.0)
+    assert (bulk.since, bulk.type_filter, bulk.allow_post, bulk.synthetic_observations) == (
+        "ignore",
+        False,
+        True,
+        10,
+    )
+    assert sb.oauth.allowed_types("narrow") == frozenset({"Patient", "Observation?category=laboratory"})
+    assert sb.oauth.allowed_types("remote") is None
+    assert sb.oauth.jku.url_for("remote") == "https://keys.example.test/jwks.json"
+    assert sb.oauth.jku.url_for("narrow") is None
+
+
+def test_defaults_match_the_config_defaults() -> None:
+    from epic_fhir_async.sandbox import SandboxConfig
+
+    sb = _sandbox.build_sandbox(_parse("--patients", "0"))
+    defaults = SandboxConfig()
+    for name in ("page_size", "session_ttl", "export_resources_per_file", "export_retention", "root_path"):
+        assert getattr(sb.config, name) == getattr(defaults, name), name
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--client-types", "ghost=Patient"], "no --client"),
+        (["--page-size", "5000"], "invalid sandbox option"),
+        (["--root-path", "FHIRProxy"], "invalid sandbox option"),
+        (["--directory", "no-url"], "--directory"),
+        (["--client", "bad=ftp://keys.example.test/jwks.json"], "cannot read"),
+    ],
+)
+def test_bad_flags_exit_with_a_message(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        _sandbox.build_sandbox(_parse("--patients", "0", *argv))
