@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "pull": "benchmarks.bench_pull",
     "bulk": "benchmarks.bench_bulk",
     "sandbox": "benchmarks.bench_sandbox",
+    "whole": "benchmarks.whole_process",
 }
 
 

@@ -37,21 +37,21 @@ PATIENT = "eq081-VQEgP8drUUqCWzHfw3"
 TOKEN = "bench-token"
 
 
-def _observations() -> list[dict[str, Any]]:
+def _observations(count: int = PAGE_SIZE) -> list[dict[str, Any]]:
     try:
         from epic_fhir_async.sandbox._data import generate_observations
     except ImportError:  # pragma: no cover - the sandbox extra is part of dev installs
         raise SystemExit("bench_search needs the sandbox's data generator (pip install -e .[dev])") from None
-    return generate_observations(PATIENT, PAGE_SIZE, seed=7)
+    return generate_observations(PATIENT, count, seed=7)
 
 
-def render_pages(origin: str, pages: int) -> list[bytes]:
+def render_pages(origin: str, pages: int, page_size: int = PAGE_SIZE) -> list[bytes]:
     """``pages`` Epic-shaped searchset Bundles; page k links to ``sessionID=<k+1>-<hex>``.
 
     The next links look like Epic's (docs/epic-notes.md §3.5).
     """
     base = origin + PATH
-    template = _observations()
+    template = _observations(page_size)
     out: list[bytes] = []
     for k in range(pages):
         entries = []
@@ -74,7 +74,7 @@ def render_pages(origin: str, pages: int) -> list[bytes]:
         bundle = {
             "resourceType": "Bundle",
             "type": "searchset",
-            "total": PAGE_SIZE,
+            "total": page_size,
             "link": links,
             "entry": entries,
         }
@@ -114,13 +114,13 @@ class _Protocol(asyncio.Protocol):
             self.transport.write(self.responses[page])
 
 
-def _serve(port_queue: Any, pages: int) -> None:
+def _serve(port_queue: Any, pages: int, page_size: int = PAGE_SIZE) -> None:
     async def run() -> None:
         loop = asyncio.get_running_loop()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        responses = [_http_response(b) for b in render_pages(f"http://127.0.0.1:{port}", pages)]
+        responses = [_http_response(b) for b in render_pages(f"http://127.0.0.1:{port}", pages, page_size)]
         server = await loop.create_server(lambda: _Protocol(responses), sock=sock)
         port_queue.put(port)
         async with server:
@@ -132,10 +132,10 @@ def _serve(port_queue: Any, pages: int) -> None:
 class Server:
     """The page server in a child process (spawned, so its CPU never counts as the client's)."""
 
-    def __init__(self, pages: int) -> None:
+    def __init__(self, pages: int, page_size: int = PAGE_SIZE) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.queue = ctx.Queue()
-        self.process = ctx.Process(target=_serve, args=(self.queue, pages), daemon=True)
+        self.process = ctx.Process(target=_serve, args=(self.queue, pages, page_size), daemon=True)
 
     def __enter__(self) -> str:
         self.process.start()

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import anyio
 import httpx
@@ -450,6 +450,8 @@ class HTTPSession:
         retry: RetryPolicy | None = None,
         max_response_bytes: int | None = MAX_RESPONSE_BYTES,
         max_ndjson_line_bytes: int = MAX_NDJSON_LINE_BYTES,
+        pause_gc: bool = True,
+        http_backend: Literal["httpx", "aiohttp"] = "httpx",
     ) -> None:
         base_url = httpx.URL(str(base_url).rstrip("/"))
         headers = headers if headers is not None else {"User-Agent": USER_AGENT}
@@ -457,14 +459,21 @@ class HTTPSession:
         self._base_prefix = str(base_url) + "/"
         self.max_response_bytes = max_response_bytes
         self.max_ndjson_line_bytes = max_ndjson_line_bytes
+        self._loads = _json.loads_pausing_gc if pause_gc else _json.loads
         self._read_body: int | bool = max_response_bytes if max_response_bytes is not None else True
         self.auth: httpx.Auth | None = None
         self.owns_http = http_client is None
         self._retry_transport: RetryTransport | None = None
         if http_client is None:
-            inner = transport or httpx.AsyncHTTPTransport(
-                http2=http2, retries=0, limits=httpx.Limits(max_connections=100, max_keepalive_connections=40)
-            )
+            limits = httpx.Limits(max_connections=100, max_keepalive_connections=40)
+            if transport is not None:
+                inner = transport
+            elif http_backend == "aiohttp":
+                from ._aiohttp import aiohttp_transport  # the `fast` extra, loaded only when chosen
+
+                inner = aiohttp_transport(limits=limits)
+            else:
+                inner = httpx.AsyncHTTPTransport(http2=http2, retries=0, limits=limits)
             # A RetryTransport given as the transport (to inject its clock or sleep) is used as it is.
             self._retry_transport = (
                 inner if isinstance(inner, RetryTransport) else RetryTransport(inner, policy=retry)
@@ -716,7 +725,7 @@ class HTTPSession:
         if media_type(response.headers.get("content-type")) not in JSON_CONTENT_TYPES:
             raise unexpected_content(response)
         try:
-            return _json.loads(response.content)
+            return self._loads(response.content)
         except ValueError as exc:
             raise EpicFHIRError(
                 f"invalid JSON from {response.request.method} {redact_url(response.request.url)}"

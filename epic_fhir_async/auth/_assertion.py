@@ -16,8 +16,6 @@ import time
 import uuid
 from collections.abc import Callable
 
-from joserfc import jwt
-
 from .._config import JWT_BEARER_ASSERTION_TYPE
 from .._errors import ConfigurationError
 from ._keys import SigningKey
@@ -53,4 +51,6 @@ def build_client_assertion(
         "nbf": now,
         "exp": now + lifetime,
     }
+    from joserfc import jwt  # loaded on first use: most processes that import the SDK never sign
+
     return jwt.encode(header, claims, key.jwk, algorithms=[key.algorithm])

@@ -21,19 +21,19 @@ import math
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
-from joserfc import jwt
-from joserfc.errors import BadSignatureError, JoseError
-from joserfc.jwk import KeySet
 
 from .. import _json
 from .._errors import ConfigurationError, IdTokenError
 from .._http import HTTPSession
 from .._urls import redact_url
 from ._discovery import SmartEndpoints, absolute_url, get_json
+
+if TYPE_CHECKING:
+    from joserfc.jwk import KeySet  # joserfc loads on first use (see auth/_keys.py)
 
 __all__ = ["IdTokenVerifier", "OpenIDConfiguration"]
 
@@ -196,6 +196,9 @@ class IdTokenVerifier:
     def _import(doc: object) -> KeySet | None:
         if not isinstance(doc, Mapping) or not isinstance(doc.get("keys"), list):
             return None
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+
         usable = []
         for jwk in doc["keys"]:
             if not isinstance(jwk, Mapping) or jwk.get("use", "sig") != "sig":
@@ -233,6 +236,9 @@ class IdTokenVerifier:
                 f"the id_token's signing key is not published at {redact_url(config.jwks_uri)}",
                 reason="unknown_key",
             )
+        from joserfc import jwt
+        from joserfc.errors import BadSignatureError, JoseError
+
         try:
             token = jwt.decode(id_token, keys, algorithms=list(self.algorithms))
         except BadSignatureError:

@@ -13,14 +13,16 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
-
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_der_private_key, load_pem_private_key
-from joserfc.jwk import ECKey, RSAKey
+from typing import TYPE_CHECKING, Any, Union
 
 from .. import _json
 from .._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    # cryptography and joserfc load on first use, not with `import epic_fhir_async`: most processes that
+    # import the SDK never sign anything (a static token, a SMART app's API calls), and the two cost ~50 ms.
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from joserfc.jwk import ECKey, RSAKey
 
 __all__ = [
     "InsecureKeyFileWarning",
@@ -59,6 +61,8 @@ KeySource = Union[str, bytes, "os.PathLike[str]", Mapping[str, Any], SigningKey]
 
 
 def _check_native(native: object, what: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if isinstance(native, rsa.RSAPrivateKey):
         if native.key_size < _MIN_RSA_BITS:
             raise ConfigurationError(
@@ -78,6 +82,8 @@ def _check_native(native: object, what: str) -> rsa.RSAPrivateKey | ec.EllipticC
 
 
 def _algorithm_for(native: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, wanted: str | None) -> str:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     if isinstance(native, rsa.RSAPrivateKey):
         alg = wanted or "RS384"
         if alg not in _RSA_ALGS:
@@ -94,6 +100,9 @@ def _algorithm_for(native: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, wante
 def _make(
     native: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, algorithm: str | None, kid: str | None
 ) -> SigningKey:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from joserfc.jwk import ECKey, RSAKey
+
     alg = _algorithm_for(native, algorithm)
     jwk: RSAKey | ECKey = (
         RSAKey.import_key(native) if isinstance(native, rsa.RSAPrivateKey) else ECKey.import_key(native)
@@ -106,6 +115,8 @@ def _password(password: str | bytes | None) -> bytes | None:
 
 
 def _from_pem(data: bytes, password: str | bytes | None, what: str) -> object:
+    from cryptography.hazmat.primitives.serialization import load_der_private_key, load_pem_private_key
+
     try:
         if b"-----BEGIN" in data:
             return load_pem_private_key(data, password=_password(password))
@@ -121,6 +132,8 @@ def _from_jwk(jwk: Mapping[str, Any], algorithm: str | None, key_id: str | None,
     kty = jwk.get("kty")
     if kty not in ("RSA", "EC"):
         raise ConfigurationError(f"{what} has kty {kty!r}: only RSA and EC keys are supported")
+    from joserfc.jwk import ECKey, RSAKey
+
     try:
         native: object = (RSAKey if kty == "RSA" else ECKey).binding.import_from_dict(dict(jwk))
     except (ValueError, KeyError, TypeError):
@@ -234,6 +247,8 @@ def generate_private_key(alg: str = "RS384", *, kid: str | None = None) -> Signi
     RSA keys are 2048 bits, Epic's minimum (3072 for RS512); EC keys are P-384 (ES384) or P-256 (ES256).
     The ``kid`` is the RFC 7638 thumbprint unless given.
     """
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if alg in _RSA_ALGS:
         native: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = rsa.generate_private_key(
             public_exponent=65537, key_size=3072 if alg == "RS512" else 2048

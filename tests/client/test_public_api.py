@@ -75,7 +75,7 @@ def test_import_loads_no_optional_extra() -> None:
     # rich is absent from the list on purpose: httpx itself imports it (for its own CLI) when installed.
     code = (
         "import sys, epic_fhir_async, epic_fhir_async.auth;"
-        "bad = [m for m in ('uvicorn', 'h2', 'trio', 'respx', 'epic_fhir_async.sandbox',"
+        "bad = [m for m in ('uvicorn', 'h2', 'trio', 'respx', 'aiohttp', 'joserfc', 'cryptography', 'epic_fhir_async.sandbox',"
         " 'epic_fhir_async.cli') if m in sys.modules];"
         "print(','.join(bad))"
     )
