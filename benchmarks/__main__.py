@@ -16,6 +16,10 @@ BENCHMARKS: dict[str, str] = {
     "bulk": "benchmarks.bench_bulk",
     "sandbox": "benchmarks.bench_sandbox",
     "whole": "benchmarks.whole_process",
+    "directory": "benchmarks.bench_directory",
+    "models": "benchmarks.bench_models",
+    "fleet": "benchmarks.bench_fleet",
+    "web": "benchmarks.bench_web",
 }
 
 

@@ -80,7 +80,7 @@ async def _sdk_pull(
     templates = [f"{t}{'&' if '?' in t else '?'}_count={PAGE}" for t in types]
     async with (
         httpx.AsyncClient(limits=limits, timeout=60.0) as http,
-        EpicFHIRClient(base_url, auth=StaticTokenAuth(token), http_client=http) as client,
+        EpicFHIRClient(base_url, auth=StaticTokenAuth(token), http_client=http, retry=False) as client,
     ):
         if bare:
             async for _ in client.pull(patients, templates, concurrency=concurrency):

@@ -20,6 +20,7 @@ from typing import Any as _Any
 
 from ._bundle import Page as Page
 from ._client import EpicFHIRClient as EpicFHIRClient
+from ._client import NoRetryWarning as NoRetryWarning
 from ._errors import AuthError as AuthError
 from ._errors import AuthorizationDenied as AuthorizationDenied
 from ._errors import BadRequest as BadRequest
@@ -45,7 +46,9 @@ from ._errors import RequestTimeout as RequestTimeout
 from ._errors import ResponseTooLarge as ResponseTooLarge
 from ._errors import ServerError as ServerError
 from ._errors import SessionExpired as SessionExpired
+from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import TokenRequestError as TokenRequestError
+from ._errors import TokenSetUnreadable as TokenSetUnreadable
 from ._errors import TransportError as TransportError
 from ._errors import Unauthorized as Unauthorized
 from ._errors import UnexpectedContentError as UnexpectedContentError
@@ -140,6 +143,7 @@ __all__ = [
     "LaunchError",
     "LaunchStateError",
     "MethodNotAllowed",
+    "NoRetryWarning",
     "NotFound",
     "OperationOutcome",
     "OutcomeIssue",
@@ -160,7 +164,9 @@ __all__ = [
     "SmartLaunch",
     "SmartTokenSet",
     "StaticTokenAuth",
+    "StoreUnavailable",
     "TokenRequestError",
+    "TokenSetUnreadable",
     "TransportError",
     "Unauthorized",
     "UnexpectedContentError",

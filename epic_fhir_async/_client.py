@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import httpx
 
@@ -12,6 +14,8 @@ from ._config import (
     DEFAULT_TIMEOUT,
     FHIR_JSON,
     MAX_NDJSON_LINE_BYTES,
+    MAX_PAGES,
+    MAX_RESOURCE_BYTES,
     MAX_RESPONSE_BYTES,
     USER_AGENT,
 )
@@ -26,26 +30,54 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     import anyio
+    from fhir.resources.R4B.resource import Resource
 
     from .bulk import BulkExportJob, BulkExportStart, PollCadence
     from .pull import EpicExpansion, PullProgress, PullStream, StreamCheckpoint
 
-__all__ = ["EpicFHIRClient"]
+__all__ = ["EpicFHIRClient", "NoRetryWarning"]
+
+#: What ``retry=False`` means on a client that builds its own transport: one attempt, so no retry and no 429
+#: pause either (the gate closes only when a retry is planned).
+_ONE_ATTEMPT = RetryPolicy(max_attempts=1)
+
+
+class NoRetryWarning(UserWarning):
+    """``EpicFHIRClient(http_client=...)`` without ``retry=False``: the client you pass is used as it is, so the
+    SDK's retries (408/429/5xx, dropped connections) and its shared 429 pause are not under it.
+
+    Share one client's pool between users with :meth:`EpicFHIRClient.with_auth` instead, or customise the
+    connection with ``transport=`` (wrapped in :class:`RetryTransport`); to keep your client, build it on
+    ``RetryTransport(...)`` (or accept no retries) and pass ``retry=False`` to say so.
+    """
 
 
 class EpicFHIRClient:
     """Async client for an Epic FHIR R4 server; use as ``async with EpicFHIRClient(base_url, auth=...)``.
 
-    ``timeout`` in seconds. ``transport`` is wrapped in :class:`RetryTransport` with ``retry`` (unless it is a
-    ``RetryTransport`` already). A caller-owned
-    ``http_client`` is used as-is (no retry wrapping, never closed here) and carries every request, the auth's
-    token requests included. Plain ``http://`` is refused except on loopback (or with your own client).
-    ``max_response_bytes`` bounds a JSON response body and ``max_ndjson_line_bytes`` one line of a bulk file,
-    so a hostile server cannot exhaust memory (:class:`ResponseTooLarge`; ``None`` lifts the first limit).
+    ``timeout`` (seconds) is the deadline of one attempt of a request: connect, send, the response head and
+    the body together (a streamed body must instead keep a minimum pace), :class:`RequestTimeout` past it;
+    with retries one call ends within ``retry.max_attempts * timeout + retry.max_total_wait`` (420 s by
+    default). ``transport`` is wrapped in :class:`RetryTransport` with ``retry`` (unless it is a
+    ``RetryTransport`` already); ``retry=False``: one attempt, no retry and no 429 pause. A caller-owned
+    ``http_client`` is used as-is (never closed here) and carries every request, the auth's token requests
+    included; the SDK cannot put its retries under a client it did not build, so pass ``retry=False`` with it
+    to accept that (or build it on :class:`RetryTransport`): without it you get a :class:`NoRetryWarning`,
+    and a ``RetryPolicy`` with it is a :class:`ConfigurationError`. To share one pool between users, use
+    :meth:`with_auth` rather than ``http_client``. Plain ``http://`` is refused except on loopback (or with
+    your own client).
+    ``max_response_bytes`` bounds a search page (and any body read whole by ``request``/``binary``),
+    ``max_resource_bytes`` a body holding one resource (reads, operations, the CapabilityStatement, bulk
+    status and manifests), ``max_ndjson_line_bytes`` one line of a bulk file, so a hostile server cannot
+    exhaust memory (:class:`ResponseTooLarge`; ``None`` lifts the first two). ``max_pages`` stops a search
+    after that many pages (:class:`PagingError`; ``None``: no cap; per query: ``SearchQuery.with_max_pages``).
     ``pause_gc``: pause Python's cyclic garbage collector while a response body is parsed (restored exactly
     as it was right after; see README "Performance"), a large saving on big pages; ``False`` never touches it.
     ``http_backend="aiohttp"`` (asyncio only, the ``fast`` extra) sends through aiohttp instead of httpcore:
     less CPU per request; every limit, deadline and origin rule holds the same.
+    ``epic_rules`` (default True): searches are checked against Epic's search requirements before they are
+    sent (:meth:`search`) and a bulk ``since=`` is refused before the kick-off (Epic rejects ``_since``); pass
+    False for a FHIR server that is not Epic.
     Once closed (``aclose()`` or the end of ``async with``) every call raises :class:`ClientClosed`.
     """
 
@@ -58,13 +90,16 @@ class EpicFHIRClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         http2: bool = False,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy | Literal[False] | None = None,
         epic_client_id: str | None = None,
         headers: Mapping[str, str] | None = None,
         max_response_bytes: int | None = MAX_RESPONSE_BYTES,
+        max_resource_bytes: int | None = MAX_RESOURCE_BYTES,
         max_ndjson_line_bytes: int = MAX_NDJSON_LINE_BYTES,
+        max_pages: int | None = MAX_PAGES,
         pause_gc: bool = True,
         http_backend: Literal["httpx", "aiohttp"] = "httpx",
+        epic_rules: bool = True,
     ) -> None:
         _check_auth(auth)
         if http_backend not in ("httpx", "aiohttp"):
@@ -73,8 +108,25 @@ class EpicFHIRClient:
             raise ConfigurationError(
                 "http_backend='aiohttp' builds its own transport: drop transport=, http_client= and http2="
             )
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ConfigurationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        if retry is not None and retry is not False and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(
+                f"retry must be a RetryPolicy, or False for no retries, got {type(retry).__name__}"
+            )
+        if http_client is not None and isinstance(retry, RetryPolicy):
+            raise ConfigurationError(
+                "retry= cannot apply to your own http_client (its transport is yours): build that client on "
+                "RetryTransport(inner, policy=...) and pass retry=False, or drop http_client= (to share one "
+                "pool between users, use client.with_auth(auth))"
+            )
+        if http_client is not None and retry is None:
+            warnings.warn(
+                "EpicFHIRClient(http_client=...) uses your client as it is: no retries and no shared 429 pause "
+                "unless its transport is a RetryTransport. To share one pool between users use "
+                "client.with_auth(auth); to customise connections pass transport=; to keep your client, pass "
+                "retry=False to say so.",
+                NoRetryWarning,
+                stacklevel=2,
+            )
         url = httpx.URL(str(base_url).rstrip("/"))
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigurationError("base_url must be an absolute http(s) URL of the FHIR R4 base")
@@ -85,6 +137,9 @@ class EpicFHIRClient:
             )
         self.base_url = url
         self.auth = auth
+        #: Epic's search requirements are checked before a search is sent, and ``since=`` is refused before a
+        #: bulk kick-off (Epic rejects ``_since``); False for a server that is not Epic.
+        self.epic_rules = bool(epic_rules)
         base_headers = {"Accept": FHIR_JSON, "User-Agent": USER_AGENT}
         if epic_client_id:
             base_headers["Epic-Client-ID"] = epic_client_id
@@ -97,9 +152,11 @@ class EpicFHIRClient:
             transport=transport,
             timeout=timeout,
             http2=http2,
-            retry=retry,
+            retry=_ONE_ATTEMPT if retry is False else retry,
             max_response_bytes=max_response_bytes,
+            max_resource_bytes=max_resource_bytes,
             max_ndjson_line_bytes=max_ndjson_line_bytes,
+            max_pages=max_pages,
             pause_gc=pause_gc,
             http_backend=http_backend,
         )
@@ -115,6 +172,15 @@ class EpicFHIRClient:
     @property
     def max_response_bytes(self) -> int | None:
         return self._session.max_response_bytes
+
+    @property
+    def max_resource_bytes(self) -> int | None:
+        return self._session.max_resource_bytes
+
+    @property
+    def timeout(self) -> float:
+        """The deadline of one attempt of a request, in seconds."""
+        return self._session.timeout
 
     @property
     def max_ndjson_line_bytes(self) -> int:
@@ -134,8 +200,28 @@ class EpicFHIRClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close our HTTP client (a caller-owned one is left open)."""
+        """Close our HTTP client (a caller-owned one is left open; a :meth:`with_auth` view closes nothing)."""
         await self._session.aclose()
+
+    def with_auth(self, auth: EpicAuth) -> EpicFHIRClient:
+        """A view of this client that sends ``auth``'s token: one signed-in user's client in a web app.
+
+        The view shares everything else with this client: the connection pool, the retry policy and its one
+        429 pause, the size limits, the deadlines and the headers. Making one costs a few microseconds
+        (``python -m benchmarks web``), so make one per request: ``async with client.with_auth(auth) as fhir``
+        (leaving the block closes nothing; the pool lives until this client is closed). ``auth`` is bound to
+        the view (a :class:`SmartAuth` for another server is a :class:`ConfigurationError`); this client's own
+        ``auth``, if any, is not used by the view.
+        """
+        if auth is None:
+            raise ConfigurationError("with_auth needs an auth method (the user's SmartAuth, for example)")
+        _check_auth(auth)
+        session = self._session.with_auth(auth)
+        auth.bind(session)
+        view = copy.copy(self)  # every attribute the client has, whatever later versions add
+        view.auth = auth
+        view._session = session
+        return view
 
     # -- low level: any request on the FHIR server, with the client's auth, limits and typed errors ------
 
@@ -189,17 +275,43 @@ class EpicFHIRClient:
         """The server's CapabilityStatement (``GET metadata``)."""
         return await self._session.json("GET", "metadata")
 
-    async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+    @overload
+    async def read(
+        self, resource_type: str, resource_id: str, *, model: Literal[False] = False
+    ) -> dict[str, Any]: ...
+
+    @overload
+    async def read(self, resource_type: str, resource_id: str, *, model: Literal[True]) -> Resource: ...
+
+    @overload
+    async def read(
+        self, resource_type: str, resource_id: str, *, model: bool
+    ) -> dict[str, Any] | Resource: ...
+
+    async def read(self, resource_type: str, resource_id: str, *, model: bool = False) -> Any:
         """``GET [type]/[id]``; unknown ids raise :class:`NotFound` (Epic code 59008).
 
         A type or id that is not a valid FHIR name raises :class:`ConfigurationError` before anything is sent
-        (``"patient"``, ``"../metadata"``, an id with ``/``, ``?``, ``#`` or spaces).
+        (``"patient"``, ``"../metadata"``, an id with ``/``, ``?``, ``#`` or spaces). ``model=True`` returns
+        a typed fhir.resources model instead of the dict (the ``models`` extra; see
+        :mod:`epic_fhir_async.models`).
         """
-        return await self._session.json("GET", f"{check_type(resource_type)}/{check_id(resource_id)}")
+        resource = await self._session.json("GET", f"{check_type(resource_type)}/{check_id(resource_id)}")
+        if not model:
+            return resource
+        from .models import to_model  # the models extra, loaded only when asked for
+
+        return to_model(resource)
 
     def search(self, resource_type: str, /, **params: Any) -> SearchQuery:
-        """An immutable :class:`SearchQuery`; nothing is sent until it is iterated or awaited."""
-        return SearchQuery(self._session, resource_type, params)
+        """An immutable :class:`SearchQuery`; nothing is sent until it is iterated or awaited.
+
+        Before the first request the search is checked against Epic's requirements (Observation needs a
+        patient and a category or code, Patient needs ``_id``, ``identifier`` or two demographics, ...,
+        docs/epic-notes.md §3.3): one Epic refuses raises :class:`ConfigurationError` naming what to add.
+        ``epic_rules=False`` on the client, or ``query.with_epic_rules(False)``, sends it as it is.
+        """
+        return SearchQuery(self._session, resource_type, params, epic_rules=self.epic_rules)
 
     def pull(
         self,
@@ -242,14 +354,16 @@ class EpicFHIRClient:
     async def create(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
         """``POST [type]``; returns the created resource when the server sends one (never retried)."""
         session = self._session
-        response = await session.request("POST", check_type(_field(resource, "resourceType")), json=resource)
+        response = await session.request(
+            "POST", check_type(_field(resource, "resourceType")), json=resource, resource=True
+        )
         return session.decode(response) if response.content else None
 
     async def update(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
         """``PUT [type]/[id]``; returns the updated resource when the server sends one."""
         resource_type = check_type(_field(resource, "resourceType"))
         path = f"{resource_type}/{check_id(_field(resource, 'id'))}"
-        response = await self._session.request("PUT", path, json=resource)
+        response = await self._session.request("PUT", path, json=resource, resource=True)
         return self._session.decode(response) if response.content else None
 
     async def operation(
@@ -314,8 +428,10 @@ class EpicFHIRClient:
         """Kick off a Bulk Data ``$export``: ``job = await client.bulk_export(...)`` or ``async with`` it.
 
         Group-level with ``group_id`` (Epic's only level: docs/epic-notes.md §4.1); ``patient_level=True`` or
-        neither for servers with Patient- or system-level export. ``since`` is sent as ``_since`` although Epic
-        rejects it. See :mod:`epic_fhir_async.bulk`.
+        neither for servers with Patient- or system-level export. ``since`` (``_since``) is refused with
+        :class:`ConfigurationError` before the kick-off, because Epic does not support it (docs/epic-notes.md
+        §4.1): filter by date with ``type_filters`` instead, or pass ``epic_rules=False`` to the client for a
+        server that supports ``_since``. See :mod:`epic_fhir_async.bulk`.
         """
         from .bulk._kickoff import BulkExportStart
 
@@ -333,6 +449,7 @@ class EpicFHIRClient:
             extra_params=extra_params,
             cadence=cadence,
             allow_foreign_files=allow_foreign_files,
+            epic_rules=self.epic_rules,
         )
 
     def bulk_export_job(

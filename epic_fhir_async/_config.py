@@ -29,16 +29,31 @@ EPIC_OUTCOME_SYSTEM_SUFFIX: Final = ".7.2.657369"
 
 JWT_BEARER_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
-#: Default httpx timeouts: Epic pages of 1000 entries are ~2 MB and can take seconds to render.
+#: The deadline of one attempt of one request (connect, send, response head and, for bodies read whole, the
+#: body), in seconds; httpx's per-operation timeouts use it too. Epic pages of 1000 entries are ~2 MB and can
+#: take seconds to render (docs/epic-notes.md §3.5).
 DEFAULT_TIMEOUT: Final = 60.0
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+#: A streamed body (bulk files, ``client.stream``) must deliver at least this many bytes per second, measured
+#: over windows of the client's ``timeout``: a server trickling a byte a second cannot hold a download forever.
+MIN_STREAM_BYTES_PER_SECOND: Final = 1024
 
-#: Response size limits (SECURITY.md): a hostile or broken server must not make the SDK exhaust memory.
-#: A 1000-entry Epic page of large resources is ~10-30 MB, so the JSON limit is generous; bulk files are
-#: streamed (no total limit), only one NDJSON line is ever held whole; token responses are ~1-2 KB.
-MAX_RESPONSE_BYTES: Final = 256 * 1024 * 1024
+#: Response size limits (SECURITY.md): a hostile or broken server must not make the SDK exhaust memory, and
+#: parsing JSON costs up to ~25x its size in memory for a body built for it (``[],[],...``), ~5x for FHIR.
+#: Search pages (and raw bytes: binaries, ``client.request``): a 1000-entry Epic page is ~2.3 MB
+#: (docs/epic-notes.md §3.5), so 64 MiB is generous. Other JSON bodies (a read, an operation, the
+#: CapabilityStatement, bulk status and manifests, discovery) hold one resource: 16 MiB. Error bodies are read
+#: up to 1 MiB, the rest dropped (the typed error keeps its status). Bulk files are streamed (no total
+#: limit), only one NDJSON line is ever held whole; token responses are ~1-2 KB.
+MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+MAX_RESOURCE_BYTES: Final = 16 * 1024 * 1024
+MAX_ERROR_BODY_BYTES: Final = 1024 * 1024
 MAX_NDJSON_LINE_BYTES: Final = 64 * 1024 * 1024
 MAX_TOKEN_RESPONSE_BYTES: Final = 1024 * 1024
+
+#: Pages one search may fetch before it stops with PagingError (a server whose next link never repeats but
+#: never ends). 10,000 pages of Epic's 1000 entries are ten million resources.
+MAX_PAGES: Final = 10_000
 
 #: Epic's default and maximum page size (docs/epic-notes.md §3.5).
 EPIC_MAX_PAGE_SIZE: Final = 1000

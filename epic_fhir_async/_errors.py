@@ -13,6 +13,7 @@
     │       ├── AuthorizationDenied ``error=`` on the redirect (access_denied, ...)
     │       ├── IdTokenError        the id_token failed verification
     │       └── ReauthorizationRequired  the token expired and cannot be refreshed: launch again
+    │           └── TokenSetUnreadable   a stored token set does not decrypt with the app's key(s)
     ├── FHIRStatusError             status_code, operation_outcome, method, url (never the query)
     │   ├── BadRequest 400          ├── Unauthorized 401      ├── Forbidden 403
     │   ├── NotFound 404/410        ├── MethodNotAllowed 405  ├── Conflict 409/412
@@ -24,6 +25,8 @@
     ├── ClientClosed                the client was used after aclose() / its ``async with`` (also a RuntimeError)
     ├── ResponseTooLarge            a body or NDJSON line beyond the configured size limit
     ├── PullError                   a (patient, query) stream of a pull failed
+    ├── ModelValidationError        a resource the typed models (fhir.resources) reject (also a ValueError)
+    ├── StoreUnavailable            the shared store of a web app's sessions (Redis) did not answer in time
     └── BulkExportError             anything about $export
         └── BulkExportTooSoon       "The Client requested this Group too recently."
 
@@ -57,6 +60,7 @@ __all__ = [
     "LaunchError",
     "LaunchStateError",
     "MethodNotAllowed",
+    "ModelValidationError",
     "NotFound",
     "PagingError",
     "PullError",
@@ -66,7 +70,9 @@ __all__ = [
     "ResponseTooLarge",
     "ServerError",
     "SessionExpired",
+    "StoreUnavailable",
     "TokenRequestError",
+    "TokenSetUnreadable",
     "TransportError",
     "Unauthorized",
     "UnexpectedContentError",
@@ -188,6 +194,12 @@ class IdTokenError(LaunchError):
 class ReauthorizationRequired(LaunchError):
     """The launch's access token expired and cannot be refreshed (no refresh token, or the refresh token was
     refused): send the user through the launch again."""
+
+
+class TokenSetUnreadable(ReauthorizationRequired):
+    """A stored token set (or a pending launch) does not decrypt with the app's key(s): a wrong key, a key
+    rotated out of the list too early, or tampered data. The user signs in again; if every session fails
+    this way, check the key the app was started with. Nothing of the stored value is in the message."""
 
 
 class FHIRStatusError(EpicFHIRError):
@@ -352,3 +364,34 @@ class BulkExportTooSoon(BulkExportError):
     ) -> None:
         super().__init__(message, operation_outcome=operation_outcome, status_code=status_code)
         self.retry_after = retry_after
+
+
+class StoreUnavailable(EpicFHIRError):
+    """The store that keeps a web app's sessions (Redis) did not answer within its deadline, or could not
+    take a session's refresh lock in time. Transient: the session is kept; ask the user to try again (or to
+    sign in again once the store is back). The message names the store without its password."""
+
+
+class ModelValidationError(EpicFHIRError, ValueError):
+    """A resource that the typed models of :mod:`epic_fhir_async.models` (fhir.resources, FHIR R4B) reject.
+
+    ``problems`` lists ``(location, kind)`` pairs such as ``("effectiveDateTime", "value_error")``;
+    ``resource`` is the dict as the server sent it. Neither the message nor ``problems`` holds a value from
+    the resource (values can be patient data), and the validator's own error is not chained for that reason.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        resource_type: str,
+        problems: tuple[tuple[str, str], ...],
+        resource: Mapping[str, Any],
+    ) -> None:
+        super().__init__(message)
+        self.resource_type = resource_type
+        self.problems = problems
+        self.resource = resource
+
+    def __repr__(self) -> str:
+        return f"ModelValidationError({self.resource_type!r}, problems={len(self.problems)})"

@@ -2,7 +2,9 @@
 
 Epic issues carry ``details.coding[0]`` in the system ``urn:oid:...7.2.657369`` with a numeric code (59008,
 4113, ...), plus ``details.text``, ``diagnostics``, ``location`` and ``expression``; one outcome often mixes
-severities (docs/epic-notes.md §3.8). We keep every issue, never only the first.
+severities (docs/epic-notes.md §3.8). We keep every issue, never only the first, up to
+:data:`MAX_OUTCOME_ISSUES` (Epic's outcomes hold a handful; a hostile server's million issues must not cost
+gigabytes), and messages show at most :data:`SHOWN_ISSUES` of them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from typing import Any
 
 from ._config import EPIC_OUTCOME_SYSTEM_SUFFIX
 
-__all__ = ["OperationOutcome", "OutcomeIssue", "outcome_summary"]
+__all__ = ["MAX_OUTCOME_ISSUES", "SHOWN_ISSUES", "OperationOutcome", "OutcomeIssue", "outcome_summary"]
+
+#: Issues parsed and kept per OperationOutcome; the rest are counted in ``OperationOutcome.omitted``.
+MAX_OUTCOME_ISSUES = 100
+#: Issues named in ``str()`` and in error messages; the rest are counted ("and 12 more").
+SHOWN_ISSUES = 10
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -83,10 +90,14 @@ class OutcomeIssue:
 
 @dataclass(frozen=True, slots=True)
 class OperationOutcome:
-    """A parsed OperationOutcome; ``raw`` keeps the resource exactly as it came."""
+    """A parsed OperationOutcome; ``raw`` keeps the resource exactly as it came.
+
+    ``issues`` holds the first :data:`MAX_OUTCOME_ISSUES` issues; ``omitted`` counts the ones beyond.
+    """
 
     issues: tuple[OutcomeIssue, ...]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    omitted: int = 0
 
     @classmethod
     def from_json(cls, resource: Any) -> OperationOutcome | None:
@@ -94,8 +105,15 @@ class OperationOutcome:
         if not isinstance(resource, Mapping) or resource.get("resourceType") != "OperationOutcome":
             return None
         issues = resource.get("issue")
-        parsed = tuple(OutcomeIssue.from_json(i) for i in issues) if isinstance(issues, list) else ()
-        return cls(issues=parsed, raw=resource)
+        if not isinstance(issues, list):
+            return cls(issues=(), raw=resource)
+        parsed = tuple(OutcomeIssue.from_json(i) for i in issues[:MAX_OUTCOME_ISSUES])
+        return cls(issues=parsed, raw=resource, omitted=max(0, len(issues) - MAX_OUTCOME_ISSUES))
+
+    @property
+    def _more(self) -> str:
+        more = max(0, len(self.issues) - SHOWN_ISSUES) + self.omitted
+        return f"; and {more} more issue(s)" if more else ""
 
     @property
     def epic_codes(self) -> tuple[str, ...]:
@@ -114,13 +132,13 @@ class OperationOutcome:
 
     def __str__(self) -> str:
         parts = []
-        for issue in self.issues:
+        for issue in self.issues[:SHOWN_ISSUES]:
             code = f" [{issue.epic_code}]" if issue.epic_code else ""
             # details.text is Epic's fixed text for the code; diagnostics may hold patient data (logs, tracebacks).
             text = issue.details_text or issue.code or "unknown issue"
             withheld = " (diagnostics withheld: see .issues)" if issue.diagnostics else ""
             parts.append(f"{issue.severity or '?'}/{issue.code or '?'}{code}: {text}{withheld}")
-        return "; ".join(parts) or "OperationOutcome without issues"
+        return "; ".join(parts) + self._more if parts else "OperationOutcome without issues"
 
 
 def _issue_summary(item: OutcomeIssue) -> str:
@@ -137,7 +155,8 @@ def _issue_summary(item: OutcomeIssue) -> str:
 
 def outcome_summary(outcome: OperationOutcome) -> str:
     """A one-line summary of ``outcome`` safe for messages and logs (no ``diagnostics``)."""
-    text = "; ".join(_issue_summary(issue) for issue in outcome.issues) or "OperationOutcome without issues"
-    if any(issue.diagnostics for issue in outcome.issues):
+    shown = outcome.issues[:SHOWN_ISSUES]
+    text = "; ".join(_issue_summary(issue) for issue in shown) or "OperationOutcome without issues"
+    if any(issue.diagnostics for issue in shown):
         text += " (diagnostics withheld: see .issues)"
-    return text
+    return text + outcome._more if shown else text

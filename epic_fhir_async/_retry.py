@@ -21,6 +21,7 @@ from ._headers import parse_retry_after
 
 __all__ = [
     "BULK_FILE_RETRY",
+    "DEADLINE",
     "KICKOFF_RETRY",
     "NO_RETRY",
     "READ_BODY",
@@ -32,6 +33,7 @@ __all__ = [
     "is_retryable_method",
     "retry_delay",
     "should_retry",
+    "total_bound",
 ]
 
 #: Request extension marking a POST as safe to repeat (FHIR ``_search``, ``$export`` kick-off).
@@ -44,6 +46,11 @@ READ_BODY = "epic_fhir_async.read_body"
 #: Request extension that disables retries for one request (the bulk kick-off: Epic's "requested this Group
 #: too recently" 429 must reach the caller at once, not be retried or close the shared 429 gate).
 NO_RETRY = "epic_fhir_async.no_retry"
+#: Request extension carrying the deadline of one attempt in seconds (the client's ``timeout``): connect, send,
+#: the response head (any ``1xx`` lines included) and, when the body is read in the loop (:data:`READ_BODY`),
+#: the whole body. httpx's own timeouts apply to each socket operation, so a server sending one byte a second
+#: would otherwise never time out.
+DEADLINE = "epic_fhir_async.deadline"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
@@ -52,9 +59,13 @@ class RetryPolicy:
     """How the client retries; every duration in seconds.
 
     ``max_attempts`` counts the first try (1 disables retries). Backoff is ``backoff_base * 2**n`` capped at
-    ``backoff_max``, with up to ``jitter`` (fraction) of it randomised. The sum of waits for one request never
-    exceeds ``max_total_wait``. A ``Retry-After`` above ``max_retry_after`` is not slept on: the response is
-    returned and the client raises :class:`~epic_fhir_async.RateLimited` (servers have sent epoch timestamps).
+    ``backoff_max``, with up to ``jitter`` (fraction) of it randomised. The sum of waits for one request (backoff,
+    ``Retry-After`` and pauses behind the client's shared 429 gate) never exceeds ``max_total_wait``. A
+    ``Retry-After`` above ``max_retry_after`` is not slept on: the response is returned and the client raises
+    :class:`~epic_fhir_async.RateLimited` (servers have sent epoch timestamps).
+
+    Each attempt has the client's ``timeout`` as its deadline, so one request of the client ends within
+    ``max_attempts * timeout + max_total_wait`` seconds (:func:`total_bound`; 5 * 60 + 120 = 420 s by default).
     """
 
     max_attempts: int = 5
@@ -88,6 +99,12 @@ class RetryPolicy:
             )
         # A set or list is accepted; the frozen policy keeps an immutable, hashable copy.
         object.__setattr__(self, "statuses", frozenset(statuses))
+
+
+def total_bound(policy: RetryPolicy, timeout: float) -> float:
+    """The longest one request can take through the retrying transport: every attempt up to its deadline
+    (``timeout``) plus every wait the policy allows."""
+    return policy.max_attempts * timeout + policy.max_total_wait
 
 
 def _is_number(value: object) -> TypeGuard[float]:

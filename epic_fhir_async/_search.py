@@ -3,7 +3,9 @@
 Paging follows only ``link[relation=next]`` verbatim (Epic's is an opaque ``sessionID``, docs/epic-notes.md
 §3.5), refuses next links on another origin (the token must not go there) and a next link that repeats. An
 expired paging session (Epic code 4113) restarts the query and skips what was already yielded; a second
-expiry before the restart delivered anything new raises :class:`SessionExpired`.
+expiry before the restart delivered anything new raises :class:`SessionExpired`. A search fetches at most
+``max_pages`` pages (the client's, or :meth:`SearchQuery.with_max_pages`), then raises :class:`PagingError`:
+a server whose next link changes every time would otherwise page forever.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from ._bundle import Page, parse_page
-from ._errors import FHIRStatusError, PagingError, SessionExpired
+from ._epic_search import check_search
+from ._errors import ConfigurationError, FHIRStatusError, PagingError, SessionExpired
 from ._urls import check_type, redact_url
 
 if TYPE_CHECKING:
     from ._http import HTTPSession
+    from .models import ModelStream
 
 __all__ = ["PageIterator", "SearchQuery"]
 
 _EXPIRED_CODE = "4113"
+#: ``max_pages`` not set on the query: the client's ``max_pages`` applies.
+_CLIENT_DEFAULT = -1
 _NO_ITEMS: list[dict[str, Any]] = []
 
 
@@ -45,9 +51,11 @@ class SearchQuery:
 
     ``async for resource in query`` yields every match across pages (outcome entries never);
     ``query.pages()`` yields :class:`Page` objects; ``await query.first()``; ``await query.count()``.
+    Before the first request the search is checked against Epic's requirements (:attr:`epic_rules`,
+    :meth:`with_epic_rules`): one Epic refuses raises :class:`ConfigurationError` and nothing is sent.
     """
 
-    __slots__ = ("_method", "_params", "_prefetch", "_session", "resource_type")
+    __slots__ = ("_epic_rules", "_max_pages", "_method", "_params", "_prefetch", "_session", "resource_type")
 
     def __init__(
         self,
@@ -57,12 +65,16 @@ class SearchQuery:
         *,
         method: str = "GET",
         prefetch: bool = False,
+        max_pages: int | None = _CLIENT_DEFAULT,
+        epic_rules: bool = True,
     ) -> None:
         self._session = session
         self.resource_type = check_type(resource_type)  # it becomes the URL path: no "../", no "?"
         self._params = {k: v for k, v in params.items() if v is not None}
         self._method = method
         self._prefetch = prefetch
+        self._max_pages = max_pages
+        self._epic_rules = epic_rules
 
     def __repr__(self) -> str:
         # Parameter names only: values carry patient identifiers.
@@ -80,6 +92,8 @@ class SearchQuery:
             "params": self._params,
             "method": self._method,
             "prefetch": self._prefetch,
+            "max_pages": self._max_pages,
+            "epic_rules": self._epic_rules,
         }
         values.update(changes)
         return SearchQuery(
@@ -88,7 +102,36 @@ class SearchQuery:
             values["params"],
             method=values["method"],
             prefetch=values["prefetch"],
+            max_pages=values["max_pages"],
+            epic_rules=values["epic_rules"],
         )
+
+    @property
+    def max_pages(self) -> int | None:
+        """Pages this search may fetch before it raises :class:`PagingError` (``None``: no cap)."""
+        if self._max_pages == _CLIENT_DEFAULT:
+            return self._session.max_pages
+        return self._max_pages
+
+    def with_max_pages(self, max_pages: int | None) -> SearchQuery:
+        """A new query that fetches at most ``max_pages`` pages (``None``: no cap) instead of the client's
+        ``max_pages``; one more page raises :class:`PagingError`."""
+        if max_pages is not None and (
+            isinstance(max_pages, bool) or not isinstance(max_pages, int) or max_pages < 1
+        ):
+            raise ConfigurationError(f"with_max_pages({max_pages!r}): an int >= 1, or None for no cap")
+        return self._copy(max_pages=max_pages)
+
+    @property
+    def epic_rules(self) -> bool:
+        """Whether Epic's search requirements are checked before the search is sent (docs/epic-notes.md §3.3)."""
+        return self._epic_rules
+
+    def with_epic_rules(self, enabled: bool = True) -> SearchQuery:
+        """A new query that checks (or, with ``False``, does not check) Epic's search requirements before it is
+        sent: a search Epic refuses raises :class:`ConfigurationError` without a request. Turn it off for a
+        server that is not Epic, or to send a search Epic would refuse on purpose."""
+        return self._copy(epic_rules=bool(enabled))
 
     def where(self, **params: Any) -> SearchQuery:
         """A new query with ``params`` added (a ``None`` value removes a parameter)."""
@@ -113,6 +156,10 @@ class SearchQuery:
         return self._copy(prefetch=enabled)
 
     async def _first_page(self, params: dict[str, Any]) -> Page:
+        if self._epic_rules:
+            # Before any request: a search Epic refuses would cost a 400/403 (and, in a pull, one failed stream
+            # per patient); docs/epic-notes.md §3.3.
+            check_search(self.resource_type, params)
         session = self._session
         if self._method == "POST":
             response = await session.request(
@@ -164,6 +211,13 @@ class SearchQuery:
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return _Resources(self.pages())
 
+    def models(self) -> ModelStream:
+        """Every match as a typed fhir.resources model, each converted when the iteration reaches it (the
+        ``models`` extra; see :mod:`epic_fhir_async.models`)."""
+        from .models import ModelStream  # the models extra, loaded only when asked for
+
+        return ModelStream(self)
+
     async def first(self) -> dict[str, Any] | None:
         """The first matching resource, or ``None``; asks for one entry unless ``_count`` was set."""
         params = self._params if "_count" in self._params else {**self._params, "_count": 1}
@@ -195,6 +249,7 @@ class _Pager:
     caller breaks out, on asyncio or trio)."""
 
     __slots__ = (
+        "_fetched",
         "_next_url",
         "_query",
         "_restarted",
@@ -214,6 +269,7 @@ class _Pager:
         self._seen_ids: set[str] | None = None
         self._visited: set[str] = set()
         self._next_url: str | None = None
+        self._fetched = 0  # pages requested, restarts included
         self._started = False
         self._restarted = False
         self._skipping = False
@@ -221,14 +277,27 @@ class _Pager:
     def __aiter__(self) -> _Pager:
         return self
 
+    def _count_page(self) -> None:
+        query = self._query
+        cap = query.max_pages
+        if cap is not None and self._fetched >= cap:
+            raise PagingError(
+                f"the {query.resource_type} search stopped after {cap} pages and the server still sends a next "
+                "link: if the search really has more, raise the cap (EpicFHIRClient(max_pages=...) or "
+                "query.with_max_pages(...)); a next link that never ends is a server fault"
+            )
+        self._fetched += 1
+
     async def _fetch(self) -> Page:
         query = self._query
         if not self._started:
             self._started = True
+            self._count_page()
             return await query._first_page(query._params)
         next_url = self._next_url
         if next_url is None:
             raise StopAsyncIteration
+        self._count_page()
         if next_url in self._visited:
             raise PagingError(f"the next link repeats ({redact_url(next_url)}): stopping a paging loop")
         self._visited.add(next_url)
@@ -247,6 +316,7 @@ class _Pager:
             self._restarted = True
             self._skipping = True
             self._visited.clear()
+            self._count_page()
             return await query._first_page(query._params)
 
     async def __anext__(self) -> Page:

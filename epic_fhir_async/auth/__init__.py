@@ -1,5 +1,5 @@
 """Authentication: the token manager, SMART Backend Services, SMART App Launch, client secrets, refresh tokens,
-static tokens.
+static tokens, and the signed-in users of a web app (``SmartSessions`` over a ``TokenSetStore``).
 
 Every auth method is an :class:`EpicAuth` (an ``httpx.Auth`` flow) that :class:`~epic_fhir_async.EpicFHIRClient`
 binds to its HTTP client and FHIR base URL. Token-fetching grants share a :class:`TokenManager`: lazy,
@@ -23,9 +23,12 @@ from ._keys import generate_private_key as generate_private_key
 from ._keys import load_private_keys as load_private_keys
 from ._keys import private_key_pem as private_key_pem
 from ._keys import public_jwks as public_jwks
+from ._redis_store import RedisTokenSetStore as RedisTokenSetStore
 from ._smart_auth import SmartAuth as SmartAuth
 from ._smart_launch import SmartLaunch as SmartLaunch
 from ._smart_request import AuthorizationRequest as AuthorizationRequest
+from ._smart_sessions import PendingSignIn as PendingSignIn
+from ._smart_sessions import SmartSessions as SmartSessions
 from ._smart_tokens import SmartTokenSet as SmartTokenSet
 from ._token import AccessToken as AccessToken
 from ._token_auth import TokenAuth as TokenAuth
@@ -33,6 +36,9 @@ from ._token_cache import InMemoryTokenCache as InMemoryTokenCache
 from ._token_cache import TokenCache as TokenCache
 from ._token_cache import TokenCacheKey as TokenCacheKey
 from ._token_manager import TokenManager as TokenManager
+from ._token_store import InMemoryTokenSetStore as InMemoryTokenSetStore
+from ._token_store import TokenCipher as TokenCipher
+from ._token_store import TokenSetStore as TokenSetStore
 
 __all__ = [
     "AccessToken",
@@ -42,18 +48,24 @@ __all__ = [
     "EpicAuth",
     "IdTokenVerifier",
     "InMemoryTokenCache",
+    "InMemoryTokenSetStore",
     "InsecureKeyFileWarning",
+    "PendingSignIn",
+    "RedisTokenSetStore",
     "RefreshTokenAuth",
     "SigningKey",
     "SmartAuth",
     "SmartEndpoints",
     "SmartLaunch",
+    "SmartSessions",
     "SmartTokenSet",
     "StaticTokenAuth",
     "TokenAuth",
     "TokenCache",
     "TokenCacheKey",
+    "TokenCipher",
     "TokenManager",
+    "TokenSetStore",
     "build_client_assertion",
     "discover_endpoints",
     "generate_private_key",

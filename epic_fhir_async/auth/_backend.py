@@ -35,7 +35,9 @@ class BackendServicesAuth(TokenAuth):
     RFC 7638 thumbprint; ``jku`` is sent in the header when given (it must equal the JWK Set URL registered
     on the app). ``scope`` is optional at Epic (the grant follows the app's Incoming APIs). ``leeway``
     (seconds) bounds the proactive refresh margin; ``clock`` times token expiry (``time.monotonic``),
-    ``wall_clock`` stamps assertions (``time.time``).
+    ``wall_clock`` stamps assertions (``time.time``). Without ``token_url`` the token endpoint is discovered
+    and must be on the FHIR server's origin or on one of ``allowed_token_origins`` (it receives the signed
+    assertions).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class BackendServicesAuth(TokenAuth):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         cache: TokenCache | None = None,
+        allowed_token_origins: Iterable[str] = (),
     ) -> None:
         super().__init__(
             client_id,
@@ -62,6 +65,7 @@ class BackendServicesAuth(TokenAuth):
             clock=clock,
             wall_clock=wall_clock,
             cache=cache,
+            allowed_token_origins=allowed_token_origins,
         )
         keys = load_private_keys(private_key, algorithm=algorithm, key_id=key_id, password=password)
         self._client_auth = PrivateKeyJWT(self.client_id, keys, jku=jku, wall_clock=wall_clock)

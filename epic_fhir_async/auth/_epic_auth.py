@@ -70,6 +70,11 @@ class EpicAuth(httpx.Auth):
             return True
         return any(same_origin(url, o) for o in self._extra_origins)
 
+    def secrets(self) -> tuple[str, ...]:
+        """The credentials this auth holds now (its tokens): the client masks them in every message it builds,
+        even when a server echoes them back. Read only when an error is being built."""
+        return ()
+
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         raise ConfigurationError("epic_fhir_async auth methods work only with httpx.AsyncClient")
 
@@ -95,6 +100,9 @@ class StaticTokenAuth(EpicAuth):
 
     def __repr__(self) -> str:
         return f"StaticTokenAuth(token={mask_secret(self._token)!r})"
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self._token,)
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         if self.may_receive_token(request.url):

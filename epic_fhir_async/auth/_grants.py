@@ -45,6 +45,7 @@ class ClientSecretAuth(TokenAuth):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         cache: TokenCache | None = None,
+        allowed_token_origins: Iterable[str] = (),
     ) -> None:
         super().__init__(
             client_id,
@@ -54,6 +55,7 @@ class ClientSecretAuth(TokenAuth):
             clock=clock,
             wall_clock=wall_clock,
             cache=cache,
+            allowed_token_origins=allowed_token_origins,
         )
         if not isinstance(client_secret, str):
             raise ConfigurationError("ClientSecretAuth needs the client_secret string")
@@ -109,6 +111,7 @@ class RefreshTokenAuth(TokenAuth):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         cache: TokenCache | None = None,
+        allowed_token_origins: Iterable[str] = (),
     ) -> None:
         super().__init__(
             client_id,
@@ -118,6 +121,7 @@ class RefreshTokenAuth(TokenAuth):
             clock=clock,
             wall_clock=wall_clock,
             cache=cache,
+            allowed_token_origins=allowed_token_origins,
         )
         if not isinstance(refresh_token, str) or not refresh_token.strip():
             raise ConfigurationError("RefreshTokenAuth needs a non-empty refresh_token")

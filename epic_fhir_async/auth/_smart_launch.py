@@ -352,11 +352,13 @@ class SmartLaunch:
             httpx.URL(token_set.fhir_base), httpx.URL(self.base_url)
         ):
             raise ConfigurationError("this token set belongs to another client or FHIR server")
-        return SmartAuth(
-            token_set,
-            client_auth=self._client_auth,
-            on_refresh=on_refresh,
-            leeway=self.leeway,
-            clock=self._clock,
-            wall_clock=self._wall_clock,
-        )
+        return SmartAuth(token_set, on_refresh=on_refresh, **self._auth_options())
+
+    def _auth_options(self) -> dict[str, Any]:
+        """What a :class:`SmartAuth` of this launch is built with: its client authentication, leeway, clocks."""
+        return {
+            "client_auth": self._client_auth,
+            "leeway": self.leeway,
+            "clock": self._clock,
+            "wall_clock": self._wall_clock,
+        }

@@ -18,12 +18,24 @@ from typing import Any
 from .._errors import TokenRequestError
 from ._epic_auth import is_header_safe, mask_secret
 
-__all__ = ["DEFAULT_TOKEN_LIFETIME", "AccessToken", "parse_scopes", "parse_token_response"]
+__all__ = [
+    "DEFAULT_TOKEN_LIFETIME",
+    "MIN_TOKEN_LIFETIME",
+    "AccessToken",
+    "parse_scopes",
+    "parse_token_response",
+]
 
 #: Lifetime assumed when a token response has no usable ``expires_in``: Epic's access tokens live one hour
 #: (docs/epic-notes.md §1.8). Guessing long is safe: a token that dies earlier gets a 401, which triggers one
 #: refresh and a replay.
 DEFAULT_TOKEN_LIFETIME = 3600.0
+#: The shortest lifetime a token is given, whatever ``expires_in`` says (0, negative, a few milliseconds): a
+#: token that expires at once would cost one token request per request, each waiting behind the previous one
+#: (the manager's lock). With this floor a grant asks for at most about one token a second (the manager
+#: refreshes a tenth of the lifetime early). If the server rejects the token sooner, the 401 gets one new
+#: token and one replay, as for any token that dies early.
+MIN_TOKEN_LIFETIME = 1.0
 
 _KNOWN_KEYS = frozenset({"access_token", "token_type", "expires_in", "scope", "refresh_token"})
 
@@ -105,7 +117,7 @@ def _lifetime(raw: object) -> float:
         return DEFAULT_TOKEN_LIFETIME
     if not math.isfinite(value):
         return DEFAULT_TOKEN_LIFETIME
-    return max(0.0, value)
+    return max(MIN_TOKEN_LIFETIME, value)
 
 
 def parse_token_response(
@@ -130,6 +142,10 @@ def parse_token_response(
         raise TokenRequestError("the token endpoint answered an access_token that cannot go in a header")
     raw_type = data.get("token_type")
     token_type = raw_type.strip() if isinstance(raw_type, str) and raw_type.strip() else "Bearer"
+    if not is_header_safe(token_type):
+        # It becomes the Authorization header's scheme: "Bearer\r\nX: 1" would make h11 refuse the header and
+        # quote it, token included, in an exception and in httpcore's log.
+        raise TokenRequestError("the token endpoint answered a token_type that cannot go in a header")
     if token_type.lower() == "bearer":
         token_type = "Bearer"
     lifetime = _lifetime(data["expires_in"]) if "expires_in" in data else default_lifetime

@@ -20,7 +20,7 @@ import httpx
 
 from .._errors import ConfigurationError
 from .._urls import is_loopback, redact_url
-from ._discovery import SmartEndpoints, discover_endpoints
+from ._discovery import SmartEndpoints, check_token_origins, discover_endpoints
 from ._epic_auth import EpicAuth
 from ._token import AccessToken
 from ._token_cache import TokenCache, TokenCacheKey
@@ -38,8 +38,10 @@ class TokenAuth(EpicAuth):
     """Base of the grants that get tokens from a token endpoint (backend services, secrets, refresh).
 
     Subclasses implement :meth:`_fetch_token` (one token request). The token URL is ``token_url`` when
-    given, else discovered once from the bound FHIR base (smart-configuration, then metadata) and cached.
-    Tokens are cached per (token URL, client id, scope).
+    given, else discovered once from the bound FHIR base (smart-configuration, then metadata) and cached; a
+    discovered token URL must be on the FHIR base's origin or on one of ``allowed_token_origins``
+    (:class:`UnsafeURLError` otherwise: it receives the client's credentials). Tokens are cached per
+    (token URL, client id, scope).
     """
 
     # httpx reads a streamed request body before the flow runs, so the replay after a 401 can resend it.
@@ -55,22 +57,22 @@ class TokenAuth(EpicAuth):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         cache: TokenCache | None = None,
+        allowed_token_origins: Iterable[str] = (),
     ) -> None:
         if not isinstance(client_id, str) or not client_id.strip():
             raise ConfigurationError(f"{type(self).__name__} needs a non-empty client_id")
         self.client_id = client_id.strip()
-        if token_url is not None and httpx.URL(token_url).scheme not in ("http", "https"):
+        # Parsed once: a web app builds an auth per request (SmartSessions.auth).
+        parsed = httpx.URL(token_url) if token_url is not None else None
+        if parsed is not None and parsed.scheme not in ("http", "https"):
             raise ConfigurationError("token_url must be an absolute http(s) URL")
-        if (
-            token_url is not None
-            and httpx.URL(token_url).scheme == "http"
-            and not is_loopback(httpx.URL(token_url).host)
-        ):
+        if parsed is not None and parsed.scheme == "http" and not is_loopback(parsed.host):
             # The form carries a client assertion or secret (and answers carry tokens): TLS only, as for the base.
             raise ConfigurationError(
-                f"refusing plain http:// for the token URL {redact_url(token_url)}: use https (loopback is allowed)"
+                f"refusing plain http:// for the token URL {redact_url(parsed)}: use https (loopback is allowed)"
             )
         self._token_url = token_url
+        self._allowed_token_origins = check_token_origins(allowed_token_origins)
         self.scope = scope if isinstance(scope, str) or scope is None else " ".join(scope)
         self._endpoints: SmartEndpoints | None = None
         self._discovery_lock = anyio.Lock()
@@ -110,7 +112,10 @@ class TokenAuth(EpicAuth):
                         "discover it from: pass token_url= or use it through EpicFHIRClient(auth=...)"
                     )
                 self._endpoints = await discover_endpoints(
-                    self.session, self._base_url, client_id=self.client_id
+                    self.session,
+                    self._base_url,
+                    client_id=self.client_id,
+                    allowed_token_origins=self._allowed_token_origins,
                 )
             return self._endpoints.token_endpoint
 
@@ -130,6 +135,14 @@ class TokenAuth(EpicAuth):
     async def get_token(self) -> AccessToken:
         """The current token, fetched first if needed (the CLI's ``epic-fhir token`` uses this)."""
         return await self._manager.get()
+
+    def secrets(self) -> tuple[str, ...]:
+        """The current access token and refresh token (a client secret or assertion is masked where it was
+        sent: the token request's own errors)."""
+        token = self._manager.current
+        if token is None:
+            return ()
+        return (token.value, token.refresh_token) if token.refresh_token else (token.value,)
 
     def invalidate(self, token: AccessToken | None = None) -> bool:
         """Forget ``token`` if it is still current; see :meth:`TokenManager.invalidate`."""

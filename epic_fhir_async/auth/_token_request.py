@@ -29,6 +29,7 @@ import httpx
 from .. import _json, _retry
 from .._config import MAX_TOKEN_RESPONSE_BYTES
 from .._errors import TokenRequestError, TransportError
+from .._http import request_secrets, scrub
 from .._urls import redact_url
 from ._client_auth import ClientAuthentication
 from ._token import AccessToken, parse_token_response
@@ -82,7 +83,7 @@ _BARE_400_HINT = (
 )
 
 
-def _oauth_error(response: httpx.Response) -> tuple[str | None, str | None]:
+def _oauth_error(response: httpx.Response, secrets: tuple[str, ...] = ()) -> tuple[str | None, str | None]:
     try:
         body = _json.loads(response.content) if response.content.strip() else None
     except ValueError:
@@ -92,15 +93,20 @@ def _oauth_error(response: httpx.Response) -> tuple[str | None, str | None]:
     error = body.get("error")
     description = body.get("error_description")
     return (
-        error if isinstance(error, str) and error else None,
-        description[:300] if isinstance(description, str) and description else None,
+        scrub(error, secrets) if isinstance(error, str) and error else None,
+        # Scrubbed before it is cut: a cut secret would no longer match.
+        scrub(description, secrets)[:300] if isinstance(description, str) and description else None,
     )
 
 
 def token_error_from_response(response: httpx.Response, *, token_url: str) -> TokenRequestError:
-    """The :class:`TokenRequestError` for an error answer of the token endpoint (body already read)."""
+    """The :class:`TokenRequestError` for an error answer of the token endpoint (body already read).
+
+    The request's credentials (client secret, assertion, refresh token, code) are masked in what the server
+    wrote, should it echo them.
+    """
     status = response.status_code
-    error, description = _oauth_error(response)
+    error, description = _oauth_error(response, request_secrets(response.request))
     where = redact_url(token_url)
     if error is not None:
         hint = HINTS.get(error)

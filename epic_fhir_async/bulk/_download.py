@@ -4,10 +4,13 @@ Each file is streamed to ``.<name>.part`` in ~1 MB writes (file I/O in worker th
 loop), its lines counted on the way, then renamed into place. A sidecar ``.epic-fhir-export.json`` records the
 status URL, the manifest and every completed file with its line count and size, so a rerun after a crash
 skips what is already complete and fetches only the rest. The manifest's ``count`` is checked for every
-output file (a mismatch is a :class:`BulkExportError` and leaves no file behind). Error files
-(OperationOutcome NDJSON: errors *and* informational messages at Epic, docs/epic-notes.md §4.4) are always
-fetched; their outcomes are returned and summarised at WARNING level by severity and code only
-(diagnostics can name patients).
+output and deleted file (a mismatch is a :class:`BulkExportError` and leaves no file behind; a file that
+passes its count is stopped there, not read to its end). Error files (OperationOutcome NDJSON: errors *and*
+informational messages at Epic, docs/epic-notes.md §4.4) are always fetched; their ``count`` is advisory (a
+real server's did not match its lines: a warning, not a failure); their outcomes are returned and
+summarised at WARNING level by severity and code only (diagnostics can name patients). ``deleted`` files
+(Bundles of resources deleted since ``_since``) are written as ``deleted.NNN.ndjson``. A compressed file may
+inflate at most :data:`._files.MAX_INFLATION` times, so a gzip bomb cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import anyio
 import httpx
 
 from .. import _json, _retry
-from .._config import LOGGER_NAME
-from .._errors import BulkExportError, ConfigurationError, TransportError
+from .._config import LOGGER_NAME, MAX_RESOURCE_BYTES
+from .._errors import BulkExportError, ConfigurationError, ResponseTooLarge, TransportError
+from .._http import abandon
 from .._outcome import OperationOutcome
 from .._urls import redact_url
-from ._files import FileSource, file_failed, open_file, unwrap_group
+from ._files import FileSource, count_decoded, file_failed, more_than_counted, open_file, unwrap_group
 from ._manifest import BulkFileRef
 from ._ndjson import NDJSONError, NDJSONSplitter
 
@@ -66,12 +70,14 @@ class DownloadedFile:
 
 @dataclass(frozen=True)
 class BulkDownloadResult:
-    """What :meth:`BulkExportJob.download` wrote; ``outcomes`` are the error files' OperationOutcomes."""
+    """What :meth:`BulkExportJob.download` wrote; ``outcomes`` are the error files' OperationOutcomes,
+    ``deleted_files`` the manifest's ``deleted`` files (Bundles of deletions)."""
 
     directory: pathlib.Path
     files: tuple[DownloadedFile, ...]
     error_files: tuple[DownloadedFile, ...]
     outcomes: tuple[OperationOutcome, ...]
+    deleted_files: tuple[DownloadedFile, ...] = ()
 
     @property
     def resources(self) -> int:
@@ -113,9 +119,12 @@ async def _save_sidecar(path: anyio.Path, state: dict[str, Any]) -> None:
 
 
 async def _fetch_to(
-    source: FileSource, ref: BulkFileRef, path: anyio.Path, stats: BulkTransferStats
+    source: FileSource, ref: BulkFileRef, path: anyio.Path, stats: BulkTransferStats, *, strict: bool = True
 ) -> tuple[int, int]:
-    """Stream one file to ``path`` through a temporary name; returns (non-blank lines, bytes)."""
+    """Stream one file to ``path`` through a temporary name; returns (non-blank lines, bytes).
+
+    ``strict``: the manifest's ``count`` must match (else nothing is kept); otherwise a mismatch is logged."""
+    counted = ref.count if strict else None
     tmp = path.with_name(f".{path.name}.part")
     retrying = _retry.Retrying(_retry.BULK_FILE_RETRY)
     while True:
@@ -131,7 +140,15 @@ async def _fetch_to(
                 pending: list[bytes] = []
                 pending_size = 0
                 async for chunk in body:
-                    splitter.feed(chunk)
+                    count_decoded(response, len(chunk))
+                    try:
+                        splitter.feed(chunk)
+                    except ResponseTooLarge:
+                        await abandon(response, body)  # the rest is not read: leave nothing suspended
+                        raise
+                    if counted is not None and splitter.lines > counted:
+                        await abandon(response, body)
+                        raise more_than_counted(ref, splitter.lines)  # noqa: TRY301 - the file's own cleanup below
                     pending.append(chunk)
                     pending_size += len(chunk)
                     stats.bytes += len(chunk)
@@ -148,20 +165,27 @@ async def _fetch_to(
             delay = retrying.next_delay()
             if delay is None:
                 await tmp.unlink(missing_ok=True)
-                raise file_failed(ref, exc) from exc
+                raise file_failed(source, ref, exc) from exc
             await anyio.sleep(delay)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # an undecodable body, a malformed redirect
             await tmp.unlink(missing_ok=True)
-            raise file_failed(ref, exc) from exc
+            raise file_failed(source, ref, exc) from exc
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await tmp.unlink(missing_ok=True)
             raise
     if ref.count is not None and splitter.lines != ref.count:
-        await tmp.unlink(missing_ok=True)
-        raise BulkExportError(
-            f"bulk file {redact_url(ref.url)} ({ref.type}) held {splitter.lines} resources; "
-            f"the manifest says {ref.count}"
+        if strict:
+            await tmp.unlink(missing_ok=True)
+            raise BulkExportError(
+                f"bulk file {redact_url(ref.url)} ({ref.type}) held {splitter.lines} resources; "
+                f"the manifest says {ref.count}"
+            )
+        logger.warning(
+            "bulk error file %s holds %d line(s); the manifest says %d (kept: error-file counts are advisory)",
+            redact_url(ref.url),
+            splitter.lines,
+            ref.count,
         )
     await tmp.replace(path)
     return splitter.lines, size
@@ -170,7 +194,8 @@ async def _fetch_to(
 async def _read_outcomes(files: Sequence[DownloadedFile]) -> list[OperationOutcome]:
     outcomes: list[OperationOutcome] = []
     for f in files:
-        splitter = NDJSONSplitter()
+        # One OperationOutcome per line: a resource's limit, not a page's (parsing JSON multiplies its size).
+        splitter = NDJSONSplitter(max_line=MAX_RESOURCE_BYTES)
         lines: list[Any] = []
         try:
             # Chunk by chunk: an error file is as large as the server made it.
@@ -208,9 +233,11 @@ async def download(
     types: Sequence[str] | None = None,
     concurrency: int = 4,
     include_errors: bool = True,
+    include_deleted: bool = True,
     stats: BulkTransferStats | None = None,
 ) -> BulkDownloadResult:
-    """Download the output files (of ``types``) and the error files into ``directory`` (created if needed).
+    """Download the output files (of ``types``), the error files and the deleted files into ``directory``
+    (created if needed).
 
     ``concurrency`` files at once. Files recorded complete in the directory's sidecar (same URL, same size on
     disk) are skipped, so rerunning after a crash resumes. ``stats`` is updated in place as bytes arrive.
@@ -226,9 +253,11 @@ async def download(
     done: dict[str, Any] = state["files"]
     outputs = manifest.outputs_of(types)
     errors = manifest.errors if include_errors else ()
+    deleted = manifest.deleted if include_deleted else ()
     plan = [
-        *((ref, name, False) for ref, name in zip(outputs, _names(outputs, None), strict=True)),
-        *((ref, name, True) for ref, name in zip(errors, _names(errors, "error"), strict=True)),
+        *((ref, name, "output") for ref, name in zip(outputs, _names(outputs, None), strict=True)),
+        *((ref, name, "error") for ref, name in zip(errors, _names(errors, "error"), strict=True)),
+        *((ref, name, "deleted") for ref, name in zip(deleted, _names(deleted, "deleted"), strict=True)),
     ]
     stats = stats if stats is not None else BulkTransferStats()
     stats.files_total += len(plan)
@@ -236,7 +265,8 @@ async def download(
     lock = anyio.Lock()
     limiter = anyio.CapacityLimiter(concurrency)
 
-    async def one(index: int, ref: BulkFileRef, name: str, is_error: bool) -> None:
+    async def one(index: int, ref: BulkFileRef, name: str, kind: str) -> None:
+        data = kind == "output"  # resources of the export (stats count them); error counts are advisory
         path = root / name
         async with limiter:
             entry = done.get(ref.url)
@@ -247,27 +277,29 @@ async def download(
                 )
                 stats.files_done += 1
                 stats.files_skipped += 1
-                stats.resources += 0 if is_error else int(entry.get("lines", 0))
+                stats.resources += int(entry.get("lines", 0)) if data else 0
                 return
-            lines, size = await _fetch_to(source, ref, path, stats)
+            lines, size = await _fetch_to(source, ref, path, stats, strict=kind != "error")
             results[index] = DownloadedFile(ref, pathlib.Path(path), lines, size)
             stats.files_done += 1
-            stats.resources += 0 if is_error else lines
+            stats.resources += lines if data else 0
             async with lock:
                 done[ref.url] = {"name": name, "type": ref.type, "lines": lines, "size": size}
                 await _save_sidecar(sidecar, state)
 
     try:
         async with anyio.create_task_group() as tg:
-            for index, (ref, name, is_error) in enumerate(plan):
-                tg.start_soon(one, index, ref, name, is_error)
+            for index, (ref, name, kind) in enumerate(plan):
+                tg.start_soon(one, index, ref, name, kind)
     except BaseException as raised:
         inner = unwrap_group(raised)
         if inner is raised:
             raise
         raise inner from None
     await _save_sidecar(sidecar, state)
+    first_deleted = len(outputs) + len(errors)
     files = tuple(results[i] for i in range(len(outputs)))
-    error_files = tuple(results[i] for i in range(len(outputs), len(plan)))
+    error_files = tuple(results[i] for i in range(len(outputs), first_deleted))
+    deleted_files = tuple(results[i] for i in range(first_deleted, len(plan)))
     outcomes = await _read_outcomes(error_files)
-    return BulkDownloadResult(pathlib.Path(root), files, error_files, tuple(outcomes))
+    return BulkDownloadResult(pathlib.Path(root), files, error_files, tuple(outcomes), deleted_files)

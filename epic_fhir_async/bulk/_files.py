@@ -7,11 +7,15 @@ turns an expired file into a clear :class:`BulkExportError`. :func:`file_batches
 hands them out in lists of at least ``min_bytes`` of body, and re-requests the file after a dropped connection
 (:data:`._retry.BULK_FILE_RETRY`), skipping what was already handed out. :mod:`._resources` (many files, one
 consumer) and :mod:`._download` (files to disk) build on these.
+
+A compressed file may inflate at most :data:`MAX_INFLATION` times its size on the wire (:func:`count_decoded`):
+real NDJSON compresses about 15x, a gzip bomb 1000x, and a download to disk would otherwise write whatever
+the bomb holds before any count could be checked.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -24,17 +28,34 @@ from .._errors import (
     BulkExportError,
     FHIRStatusError,
     NotFound,
+    ResponseTooLarge,
     TransportError,
     UnsafeURLError,
 )
-from .._http import HTTPSession
+from .._http import HTTPSession, abandon, checked_stream
 from .._urls import join_url, redact_url
 from ._manifest import BulkFileRef, BulkManifest
 from ._ndjson import NDJSONError, NDJSONSplitter
 
-__all__ = ["NDJSON_ACCEPT", "FileSource", "file_batches", "file_failed", "open_file", "unwrap_group"]
+__all__ = [
+    "MAX_INFLATION",
+    "NDJSON_ACCEPT",
+    "FileSource",
+    "count_decoded",
+    "file_batches",
+    "file_failed",
+    "more_than_counted",
+    "open_file",
+    "unwrap_group",
+]
 
 NDJSON_ACCEPT = "application/fhir+ndjson"
+#: Decoded bytes a compressed bulk file may hold per byte on the wire (sandbox NDJSON gzips ~15x; DEFLATE's
+#: own ceiling is ~1000x, reached only by a body built for it). The first :data:`_FREE_INFLATION` bytes are
+#: not checked: a tiny file's header can make any ratio.
+MAX_INFLATION = 200
+_FREE_INFLATION = 1024 * 1024
+_INFLATION = "epic_fhir_async.inflation"
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,15 @@ class FileSource:
     status_url: str
     manifest: BulkManifest
     allow_foreign: bool
+    #: The files to read (``None``: the manifest's output files; the job passes its ``deleted`` files).
+    files: Sequence[BulkFileRef] | None = None
+
+    def refs(self, types: Sequence[str] | None = None) -> tuple[BulkFileRef, ...]:
+        """The files to read, of ``types`` when given."""
+        if self.files is None:
+            return self.manifest.outputs_of(types)
+        wanted = set(types or ())
+        return tuple(f for f in self.files if not wanted or f.type in wanted)
 
     @property
     def max_line(self) -> int:
@@ -64,9 +94,38 @@ def unwrap_group(exc: BaseException) -> BaseException:
     return errors[0] if errors else exc
 
 
-def file_failed(ref: BulkFileRef, exc: Exception) -> BulkExportError:
+class _Inflation:
+    """Counts a compressed file's decoded bytes (told by the reader) against its raw bytes (counted under
+    httpx's decoder by :func:`~epic_fhir_async._http.checked_stream`, which also raises the refusal there, so
+    that every body generator ends normally)."""
+
+    def __init__(self, response: httpx.Response, url: str) -> None:
+        self.decoded = 0
+        self._url = url
+        self._raw = checked_stream(response, self._check)
+
+    def _check(self) -> None:
+        raw = self._raw.raw if self._raw is not None else 0
+        if self.decoded > max(_FREE_INFLATION, raw * MAX_INFLATION):
+            raise BulkExportError(
+                f"bulk file {redact_url(self._url)} inflates more than {MAX_INFLATION} times its compressed "
+                f"size ({raw} bytes gave over {self.decoded}): a compression bomb, not NDJSON; nothing more of "
+                "it is read"
+            )
+
+
+def count_decoded(response: httpx.Response, size: int) -> None:
+    """Tell the inflation guard of a compressed file response that ``size`` decoded bytes were read."""
+    guard = response.extensions.get(_INFLATION)
+    if guard is not None:
+        guard.decoded += size
+
+
+def file_failed(source: FileSource, ref: BulkFileRef, exc: Exception) -> BulkExportError:
     """The error for a file whose download failed: after the retries of cut connections (their message names
-    no URL), or at once for an undecodable body or a malformed redirect (only the type is shown)."""
+    no URL), or at once for an undecodable body or a malformed redirect (only the type is shown). ``exc``,
+    which the caller chains, is scrubbed of the request's secrets first."""
+    source.session.scrub_exception(exc)
     if isinstance(exc, (httpx.TransportError, TransportError)):
         return BulkExportError(f"downloading bulk file {redact_url(ref.url)} kept failing: {exc}")
     return BulkExportError(f"downloading bulk file {redact_url(ref.url)} failed: {type(exc).__name__}")
@@ -79,7 +138,9 @@ async def open_file(source: FileSource, url: str) -> AsyncIterator[httpx.Respons
     The bearer token goes only with ``requiresAccessToken`` *and* a file on the FHIR server's origin (Epic's
     files need it); a file elsewhere is refused with :class:`UnsafeURLError` unless the job allows foreign
     files, which are then fetched without the token. A 404/410 (files expire, ~14 days at Epic) is a
-    :class:`BulkExportError` saying so. Error bodies are read under the client's size limit.
+    :class:`BulkExportError` saying so. Error bodies are read under the error-body limit. A compressed body
+    is guarded against inflating more than :data:`MAX_INFLATION` times (readers report decoded bytes with
+    :func:`count_decoded`).
     """
     session = source.session
     target = join_url(source.status_url, url)
@@ -100,6 +161,8 @@ async def open_file(source: FileSource, url: str) -> AsyncIterator[httpx.Respons
             authenticate=on_origin and source.manifest.requires_access_token,
         ) as response:
             opened = True
+            if response.headers.get("content-encoding"):
+                response.extensions[_INFLATION] = _Inflation(response, str(target))
             yield response
     except NotFound as exc:
         if opened:
@@ -150,12 +213,20 @@ async def file_batches(
                 aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_bytes())) as body,
             ):
                 async for chunk in body:
+                    count_decoded(response, len(chunk))
                     if on_bytes is not None:
                         on_bytes(len(chunk))
                     size += len(chunk)
-                    batch = splitter.feed(chunk)
+                    try:
+                        batch = splitter.feed(chunk)
+                    except (ResponseTooLarge, NDJSONError):
+                        await abandon(response, body)  # the rest is not read: leave nothing suspended
+                        raise
                     if batch:
                         start, seen = seen, seen + len(batch)
+                        if verify and ref.count is not None and seen > ref.count:
+                            await abandon(response, body)
+                            raise more_than_counted(ref, seen)
                         if seen > delivered:
                             fresh = batch[delivered - start :] if start < delivered else batch
                             if group:
@@ -165,7 +236,13 @@ async def file_batches(
                     if not group:
                         size = 0  # nothing new yet (lines skipped on a resumed read, or a long line)
                     elif size >= min_bytes:
-                        yield group
+                        try:
+                            yield group
+                        except (
+                            GeneratorExit
+                        ):  # the consumer stopped: end the read without leaving it suspended
+                            await abandon(response, body)
+                            raise
                         delivered, group, size = seen, [], 0
                 batch = splitter.finish()
                 if batch:
@@ -179,13 +256,21 @@ async def file_batches(
         except (httpx.TransportError, TransportError) as exc:
             delay = retrying.next_delay()
             if delay is None:
-                raise file_failed(ref, exc) from exc
+                raise file_failed(source, ref, exc) from exc
             await anyio.sleep(delay)
         except NDJSONError as exc:
             raise BulkExportError(f"bulk file {redact_url(ref.url)} ({ref.type}): {exc}") from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # an undecodable body, a malformed redirect
-            raise file_failed(ref, exc) from exc
+            raise file_failed(source, ref, exc) from exc
     if verify and ref.count is not None and delivered != ref.count:
         raise BulkExportError(
             f"bulk file {redact_url(ref.url)} ({ref.type}) held {delivered} resources; the manifest says {ref.count}"
         )
+
+
+def more_than_counted(ref: BulkFileRef, lines: int) -> BulkExportError:
+    """Raised as soon as a file passes its manifest count, not at its end: a server could send an endless one."""
+    return BulkExportError(
+        f"bulk file {redact_url(ref.url)} ({ref.type}) holds more than the {ref.count} resources the manifest "
+        f"says (at least {lines}); stopped reading it"
+    )

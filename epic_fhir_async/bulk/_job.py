@@ -133,7 +133,9 @@ class BulkExportJob:
             self.polls += 1
             transient.attempt += 1
             try:
-                response = await self._session.request("GET", self.status_url, headers={"Accept": FHIR_JSON})
+                response = await self._session.request(
+                    "GET", self.status_url, headers={"Accept": FHIR_JSON}, resource=True
+                )
             except (ServerError, RateLimited, TransportError) as exc:
                 if transient.attempt > max_transient_errors:
                     raise BulkExportError(
@@ -192,7 +194,7 @@ class BulkExportJob:
             if url in seen:
                 raise BulkExportError("the manifest's next link repeats")
             seen.add(url)
-            response = await self._session.request("GET", url, headers={"Accept": FHIR_JSON})
+            response = await self._session.request("GET", url, headers={"Accept": FHIR_JSON}, resource=True)
             page, next_url = _manifest_of(response)
             manifest = manifest.merged(page)
         self.manifest = manifest
@@ -200,7 +202,9 @@ class BulkExportJob:
 
     async def status(self) -> BulkManifest | BulkProgress:
         """One poll: the manifest when complete, else the current :class:`BulkProgress` (no waiting)."""
-        response = await self._session.request("GET", self.status_url, headers={"Accept": FHIR_JSON})
+        response = await self._session.request(
+            "GET", self.status_url, headers={"Accept": FHIR_JSON}, resource=True
+        )
         if response.status_code == 200:
             return await self._read_manifest(response)
         text = response.headers.get("x-progress")
@@ -212,7 +216,9 @@ class BulkExportJob:
     async def cancel(self) -> None:
         """Cancel the export (``DELETE`` the status URL); a job already gone (404/410) counts as cancelled."""
         try:
-            await self._session.request("DELETE", self.status_url, headers={"Accept": FHIR_JSON})
+            await self._session.request(
+                "DELETE", self.status_url, headers={"Accept": FHIR_JSON}, resource=True
+            )
         except NotFound:
             logger.info("bulk export %s was already gone", redact_url(self.status_url))
         except FHIRStatusError as exc:
@@ -230,8 +236,15 @@ class BulkExportJob:
             raise BulkExportError("the export is not complete: await job.wait() first")
         return self.manifest
 
-    def _files(self) -> FileSource:
-        return FileSource(self._session, self.status_url, self.require_manifest(), self.allow_foreign_files)
+    def _files(self, *, deleted: bool = False) -> FileSource:
+        manifest = self.require_manifest()
+        return FileSource(
+            self._session,
+            self.status_url,
+            manifest,
+            self.allow_foreign_files,
+            files=manifest.deleted if deleted else None,
+        )
 
     def resources(
         self,
@@ -250,6 +263,20 @@ class BulkExportJob:
         """
         return BulkResourceStream(self._files(), types, concurrency=concurrency, buffer=buffer, verify=verify)
 
+    def deleted(
+        self,
+        types: Sequence[str] | None = None,
+        *,
+        concurrency: int = 4,
+        buffer: int = 4,
+        verify: bool = True,
+    ) -> BulkResourceStream:
+        """The manifest's ``deleted`` files (of ``types``), parsed: one Bundle per line listing resources deleted
+        since ``_since`` (a ``request`` of ``DELETE Type/id`` per entry). Used like :meth:`resources`."""
+        return BulkResourceStream(
+            self._files(deleted=True), types, concurrency=concurrency, buffer=buffer, verify=verify
+        )
+
     async def download(
         self,
         directory: str | os.PathLike[str],
@@ -257,15 +284,17 @@ class BulkExportJob:
         types: Sequence[str] | None = None,
         concurrency: int = 4,
         include_errors: bool = True,
+        include_deleted: bool = True,
         stats: BulkTransferStats | None = None,
     ) -> BulkDownloadResult:
-        """Write the output (and error) files into ``directory``; see :func:`._download.download`."""
+        """Write the output, error and deleted files into ``directory``; see :func:`._download.download`."""
         return await download(
             self._files(),
             directory,
             types=types,
             concurrency=concurrency,
             include_errors=include_errors,
+            include_deleted=include_deleted,
             stats=stats,
         )
 

@@ -2,7 +2,8 @@
 
 Group-level at Epic (``GET [base]/Group/{id}/$export`` with ``Prefer: respond-async`` and
 ``Accept: application/fhir+json``); Patient- and system-level for servers that have them; GET with a query or
-POST with a ``Parameters`` body. Epic's "The Client requested this Group too recently" becomes
+POST with a ``Parameters`` body. ``since`` is refused before anything is sent while the client keeps Epic's
+rules (Epic rejects ``_since``). Epic's "The Client requested this Group too recently" becomes
 :class:`~epic_fhir_async.BulkExportTooSoon` and is never retried; 5xx answers, rate-limit 429s and connections
 that could not be opened are retried a few times (:data:`._retry.KICKOFF_RETRY`; the kick-off is sent past
 the client's retrying transport, so that Epic's refusal is never repeated nor closes the shared 429 gate).
@@ -65,7 +66,17 @@ class BulkExportStart:
         extra_params: Mapping[str, str] | None,
         cadence: PollCadence | None,
         allow_foreign_files: bool,
+        epic_rules: bool = True,
     ) -> None:
+        if epic_rules and (since is not None or "_since" in (extra_params or {})):
+            # Refused rather than warned about: Epic rejects _since (docs/epic-notes.md §4.1), so sending it
+            # would spend a kick-off on a certain refusal, or, where a server ignored it, export everything while
+            # the caller believes the export incremental.
+            raise ConfigurationError(
+                "Epic's Bulk Data $export does not support _since (docs/epic-notes.md §4.1): drop since= and "
+                "filter by date with type_filters (e.g. 'Observation?date=ge2024-01-01'), or pass "
+                "epic_rules=False to EpicFHIRClient for a server that supports _since"
+            )
         if group_id is not None and patient_level:
             raise ConfigurationError("pass group_id or patient_level=True, not both")
         if method not in ("GET", "POST"):
@@ -132,7 +143,7 @@ class BulkExportStart:
             try:
                 # Sent once per attempt (retry=False): this loop, not the transport, decides what is repeated.
                 response = await self._session.request(
-                    self._method, path, headers=headers, content=content, retry=False
+                    self._method, path, headers=headers, content=content, retry=False, resource=True
                 )
                 break
             except FHIRStatusError as exc:

@@ -90,7 +90,7 @@ class BulkResourceStream:
     ) -> None:
         if concurrency < 1 or buffer < 0:
             raise ConfigurationError("concurrency must be >= 1 and buffer >= 0")
-        self.files: tuple[BulkFileRef, ...] = source.manifest.outputs_of(types)
+        self.files: tuple[BulkFileRef, ...] = source.refs(types)
         self._source = source
         self._concurrency = concurrency
         self._buffer = buffer

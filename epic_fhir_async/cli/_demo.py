@@ -24,8 +24,8 @@ from ..auth import BackendServicesAuth, generate_private_key, public_jwks
 from ..bulk import EPIC_SANDBOX_BULK_GROUP_ID
 from ..sandbox import EpicSandbox, SandboxConfig
 from ._common import describe, make_console, positive_int
-from ._pull import pull_to_directory
-from ._pull_display import print_run_facts, summary_table
+from ._pull import print_summary, pull_to_directory
+from ._pull_display import report_failures
 from ._pull_sink import STATE_DIR
 
 CLIENT_ID = "epic-fhir-demo"
@@ -111,8 +111,10 @@ async def run(args: argparse.Namespace) -> int:
             patients = list(sandbox.dataset.patient_ids)
             console.print(
                 f"  pulling   {len(DEMO_TYPES)} resource types for {len(patients)} patients, "
-                f"{args.concurrency} searches at a time\n"
+                f"{args.concurrency} searches at a time"
             )
+            if console.is_terminal:
+                console.print()  # room for the live bar; piped, plain progress lines follow instead
             report = await pull_to_directory(
                 client,
                 patients,
@@ -121,13 +123,15 @@ async def run(args: argparse.Namespace) -> int:
                 console=console,
                 concurrency=args.concurrency,
                 description="Pulling",
+                plain_every=2.0,
             )
             bulk, bulk_error = await _bulk_export(client, out)
         stats = dict(sandbox.stats)
     elapsed = time.perf_counter() - started
-    console.print()
-    console.print(summary_table(report.counts, report.files, title=f"Pulled into {out}/"))
-    print_run_facts(console, report.progress, report.failures, resumable=False)
+    if console.is_terminal:
+        console.print()
+    print_summary(console, report, out, title=f"Pulled into {out}/")
+    report_failures(report.failures, resumable=False)
     if bulk is not None:
         detail = ", ".join(f"{n:,} {t}" for t, n in sorted(bulk.items()))
         console.print(f"Bulk $export of the sandbox Group into {out}/bulk/: {detail or 'no resources'}")

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from ..auth import generate_private_key, private_key_pem, public_jwks
-from ._common import CLIError, add_password_argument, load_key
+from ._common import EXIT_FAILURE, CLIError, add_password_argument, load_key
 
 PRIVATE_NAME = "private_key.pem"
 JWKS_NAME = "jwks.json"
@@ -35,12 +34,12 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--out", required=True, type=Path, help="directory to write the two files into")
     gen.add_argument("--kid", default=None, help="key id (default: the RFC 7638 thumbprint)")
     gen.add_argument("--force", action="store_true", help="overwrite existing files")
-    gen.set_defaults(func=generate)
+    gen.set_defaults(func=generate, cli_name="keys generate")
 
     show = sub.add_parser("jwks", help="print the public JWK Set of private key files")
     show.add_argument("keys", nargs="+", type=Path, metavar="KEY.pem", help="private keys, oldest first")
     add_password_argument(show)
-    show.set_defaults(func=jwks)
+    show.set_defaults(func=jwks, cli_name="keys jwks")
 
 
 def _write_private(path: Path, data: bytes, force: bool) -> None:
@@ -58,14 +57,13 @@ def generate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     private_path, jwks_path = out / PRIVATE_NAME, out / JWKS_NAME
     if not args.force and (private_path.exists() or jwks_path.exists()):
-        print(f"error: {private_path} or {jwks_path} exists; use --force to overwrite", file=sys.stderr)
-        return 1
+        raise CLIError(f"{private_path} or {jwks_path} exists; use --force to overwrite", EXIT_FAILURE)
     key = generate_private_key(args.alg, kid=args.kid)
     _write_private(private_path, private_key_pem(key), args.force)
     jwks_path.write_text(json.dumps(public_jwks(key), indent=2) + "\n")
     print(f"kid: {key.kid}")
     print(f"algorithm: {key.algorithm}")
-    print(f"private key: {private_path} (mode 0600) - keep it secret; pass it to BackendServicesAuth")
+    print(f"private key: {private_path} (mode 0600) - keep it secret; pass it with --key")
     print(f"public JWKS: {jwks_path} - host it at your app's JWK Set URL (https, no auth), or upload it")
     print("Epic can take hours to sync new keys; until then the token endpoint answers invalid_client.")
     return 0
@@ -77,7 +75,6 @@ def jwks(args: argparse.Namespace) -> int:
         for path in args.keys:
             keys.extend(load_key(path, args.password_env))
     except CLIError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
+        raise CLIError(exc.message, EXIT_FAILURE) from None
     print(json.dumps(public_jwks(*keys), indent=2))
     return 0

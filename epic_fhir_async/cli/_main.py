@@ -5,7 +5,8 @@ registers its parser and sets ``func`` (an ``async`` or plain callable taking th
 returning an exit code).
 
 ``main`` is also where the user-facing failure modes end: a :class:`CLIError` or any ``OSError`` becomes one
-line on stderr, Ctrl-C exits 130 and a closed output pipe 141, quietly; they are found inside the exception
+line on stderr (``epic-fhir <command>: <message>``, the one format of every message; advice follows on
+indented lines), Ctrl-C exits 130 and a closed output pipe 141, quietly; they are found inside the exception
 groups anyio's task groups wrap them in, too. Anything else is a bug and keeps its traceback.
 """
 
@@ -22,17 +23,20 @@ import anyio
 
 from .. import __version__
 from ._common import (
+    ENVIRONMENT_HELP,
     EXIT_BROKEN_PIPE,
     EXIT_CODES_HELP,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    RUN,
     CLIError,
+    prefix,
     silence_stdout,
 )
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("demo", "sandbox", "pull", "export", "keys", "token")
+COMMANDS: tuple[str, ...] = ("demo", "sandbox", "pull", "export", "keys", "token", "directory")
 
 #: The library's logger (every module logs below it): -v shows its records on stderr.
 _LIBRARY_LOGGER = "epic_fhir_async"
@@ -42,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="epic-fhir",
         description="Pull data from Epic's FHIR R4 API, or run the embedded Epic sandbox emulator.",
-        epilog=EXIT_CODES_HELP,
+        epilog=EXIT_CODES_HELP + "\n" + ENVIRONMENT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"epic-fhir {__version__}")
@@ -51,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose",
         action="count",
         default=0,
-        help="log the SDK's warnings and retries to stderr (-vv: debug)",
+        help=_VERBOSE_HELP,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -62,7 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _add_verbose(sub)
     return parser
+
+
+_VERBOSE_HELP = (
+    "show the server's diagnostics in error messages (they may name a patient) and log the SDK's warnings "
+    "and retries to stderr (-vv: debug)"
+)
+
+
+def _add_verbose(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``-v`` after the command too (``epic-fhir pull ... -v``), where a message that says "add -v" puts it."""
+    for parser in set(subparsers.choices.values()):
+        if not any("-v" in action.option_strings for action in parser._actions):
+            parser.add_argument(
+                "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+            )
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_verbose(action)
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -80,7 +103,7 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _say(command: str | None, message: str) -> None:
-    print(f"epic-fhir{f' {command}' if command else ''}: {message}", file=sys.stderr)
+    print(f"{prefix(command)}: {message}", file=sys.stderr)
 
 
 def _handled(exc: BaseException, command: str | None) -> int | None:
@@ -104,7 +127,7 @@ def _handled(exc: BaseException, command: str | None) -> int | None:
         return None
     for e in leaves:
         if isinstance(e, OSError):  # disk full, permission denied, ...: the OS says it best
-            _say(command, f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+            _say(command, f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
             return EXIT_FAILURE
     return None
 
@@ -130,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        command = args.command
+        command = getattr(args, "cli_name", None) or args.command
+        RUN.command, RUN.verbose = command, args.verbose
         func = getattr(args, "func", None)
         if func is None:
             parser.print_help(sys.stderr)
@@ -151,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return status
     finally:
+        RUN.command, RUN.verbose, RUN.token_from_env = None, 0, False
         if handler is not None:
             logging.getLogger(_LIBRARY_LOGGER).removeHandler(handler)
             logging.getLogger(_LIBRARY_LOGGER).setLevel(level)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,17 +23,26 @@ from .. import ConfigurationError, EpicFHIRClient, EpicFHIRError
 from ..auth import EpicAuth
 from ..pull import PullFailure, PullProgress
 from ._common import (
+    ENVIRONMENT_HELP,
     EXIT_FAILURE,
     EXIT_OK,
     CLIError,
     add_auth_arguments,
+    advice,
     backend_auth,
+    check_out_dir,
+    check_server_url,
+    check_types,
     describe,
     first_token,
     make_console,
+    plural,
     positive_int,
+    prefix,
+    retry_may_help,
 )
-from ._pull_display import PullDisplay, print_run_facts, summary_table
+from ._fleet import add_fleet_arguments, run_fleet, wants_fleet
+from ._pull_display import PullDisplay, print_run_facts, report_failures, summary_table
 from ._pull_patients import PatientSource
 from ._pull_sink import NDJSONSink, OutputStateError, finished_files, resumable
 
@@ -47,8 +56,11 @@ def register(subparsers: Any) -> None:
         description=(
             "Pull resource types for many patients concurrently into one NDJSON file per type. "
             "Bare types follow Epic's search rules: Observation becomes one search per category, "
-            "Patient a read by _id."
+            "Patient a read by _id. Everything local (the ids, the types, --out, the key) is checked before "
+            "the first request."
         ),
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--base-url", required=True, help="FHIR R4 base URL")
     add_auth_arguments(parser)
@@ -77,6 +89,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="stop at the first failed stream (default: collect and go on)",
     )
+    add_fleet_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -84,9 +97,10 @@ def register(subparsers: Any) -> None:
 class PullReport:
     progress: PullProgress | None
     failures: list[PullFailure]
-    counts: dict[str, int]
+    counts: dict[str, int]  # resources written by this run, per type
     files: dict[str, Path]
     resumable: bool = False  # the state was kept: --resume retries the failed streams
+    totals: dict[str, int] | None = None  # after --resume: the resources in each whole file
 
 
 async def pull_to_directory(
@@ -101,6 +115,7 @@ async def pull_to_directory(
     expand: bool = True,
     fail_fast: bool = False,
     description: str = "Pulling",
+    plain_every: float = 10.0,
 ) -> PullReport:
     """Run a pull into ``out`` with the live display; the sink is the pull's checkpoint.
 
@@ -108,7 +123,7 @@ async def pull_to_directory(
     without completing a single stream leaves no state behind (there would be nothing to resume).
     """
     sink = NDJSONSink(out)
-    display = PullDisplay(console, description)
+    display = PullDisplay(console, description, plain_every=plain_every)
     try:
         pull = client.pull(
             patients,
@@ -120,11 +135,11 @@ async def pull_to_directory(
             progress=display,
         )
     except ConfigurationError as exc:  # a bad --types template or --concurrency: checked before any request
-        raise CLIError(str(exc)) from None
+        raise CLIError(advice(str(exc))) from None
     await first_token(client.auth)
     await sink.open(resume=resume)
     if sink.resumed_streams:
-        console.print(f"Resuming: {sink.resumed_streams} stream(s) already complete in {out}")
+        console.print(f"Resuming: {plural(sink.resumed_streams, 'stream')} already complete in {out}")
     finished = False
     try:
         with display:
@@ -138,7 +153,20 @@ async def pull_to_directory(
             if not finished:
                 await sink.aclose()
             await sink.discard_if_empty()
-    return PullReport(display.last, list(stream.failures), dict(sink.counts), files, resumable(out))
+    totals = await anyio.to_thread.run_sync(_count_lines, files) if sink.resumed_streams else None
+    return PullReport(display.last, list(stream.failures), dict(sink.counts), files, resumable(out), totals)
+
+
+def _count_lines(files: Mapping[str, Path]) -> dict[str, int]:
+    """Resources per whole file (one per line): after ``--resume`` a file also holds earlier runs' lines."""
+    counts: dict[str, int] = {}
+    for rtype, path in files.items():
+        n = 0
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
+        counts[rtype] = n
+    return counts
 
 
 def _client(args: argparse.Namespace, auth: EpicAuth) -> EpicFHIRClient:
@@ -167,8 +195,13 @@ def _already_complete(out: Path, resume: bool, console: Console) -> bool:
 
 async def run(args: argparse.Namespace) -> int:
     console = make_console()
+    check_server_url(args.base_url)
+    check_types(args.types)
     patients = PatientSource(args.patients)
     await patients.prepare()
+    await anyio.to_thread.run_sync(check_out_dir, args.out)
+    if wants_fleet(args):  # --workers / --scheduler: the same pull on Dask workers
+        return await run_fleet(args, patients, console)
     if not args.resume and resumable(args.out):  # checked again by the sink; here before any request
         raise CLIError(str(OutputStateError.for_directory(args.out)))
     if _already_complete(args.out, args.resume, console):
@@ -176,8 +209,8 @@ async def run(args: argparse.Namespace) -> int:
     auth = backend_auth(args)
     try:
         client = _client(args, auth)
-    except ConfigurationError as exc:  # a malformed --base-url, or plain http:// off loopback
-        raise CLIError(str(exc)) from None
+    except ConfigurationError as exc:  # a malformed --base-url
+        raise CLIError(advice(str(exc))) from None
     try:
         async with client:
             report = await pull_to_directory(
@@ -194,17 +227,31 @@ async def run(args: argparse.Namespace) -> int:
     except OutputStateError as exc:
         raise CLIError(str(exc)) from None
     except EpicFHIRError as exc:
-        print(f"epic-fhir pull: {describe(exc, args.base_url)}", file=sys.stderr)
-        _resume_hint(args.out)
-        return EXIT_FAILURE
+        status = 2 if isinstance(exc, ConfigurationError) else EXIT_FAILURE
+        raise CLIError(describe(exc, args.base_url) + _resume_hint(args.out, exc), status) from None
     except BaseException:  # Ctrl-C, a closed pipe: main() reports it; say what is kept
-        _resume_hint(args.out)
+        if hint := _resume_hint(args.out):
+            print(f"{prefix()}:{hint}", file=sys.stderr)
         raise
-    console.print(summary_table(report.counts, report.files, title=f"Pulled into {args.out}"))
-    print_run_facts(console, report.progress, report.failures, resumable=report.resumable)
+    print_summary(console, report, args.out)
+    report_failures(report.failures, resumable=report.resumable)
     return EXIT_FAILURE if report.failures else EXIT_OK
 
 
-def _resume_hint(out: Path) -> None:
-    if resumable(out):
-        print(f"Completed streams are kept: re-run with --resume to continue in {out}", file=sys.stderr)
+def print_summary(console: Console, report: PullReport, out: Path, *, title: str | None = None) -> None:
+    """The table of what was written, or a line saying nothing was (never a directory that does not exist)."""
+    if report.files:
+        title = title or f"Pulled into {out}"
+        console.print(summary_table(report.counts, report.files, title=title, totals=report.totals))
+    else:
+        where = f"{out} holds no new file" if out.is_dir() else f"{out} was not created"
+        console.print(f"No resources pulled: {where}.", highlight=False)
+    print_run_facts(console, report.progress, resumed=report.totals is not None)
+
+
+def _resume_hint(out: Path, exc: BaseException | None = None) -> str:
+    """What is kept for ``--resume``, as the message's next line ("" when nothing is)."""
+    if not resumable(out):
+        return ""
+    when = "" if exc is None or retry_may_help(exc) else " once the cause is fixed"
+    return f"\n  completed streams are kept: re-run with --resume{when} to continue in {out}"

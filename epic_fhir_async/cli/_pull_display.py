@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..pull import PullFailure, PullProgress
+from ._common import describe, plural, prefix, retry_may_help
 
 _REFRESH = 0.1  # seconds between display updates on page events
 
@@ -38,7 +40,7 @@ class PullDisplay:
 
     Shows streams done/total, patients done, resources and resources/s, retries and errors. When the
     console is not a terminal (piped, redirected to a log), there is no bar, which would need cursor
-    movement: one plain line every ``plain_every`` seconds instead.
+    movement: a plain line at the start, then one every ``plain_every`` seconds instead.
     """
 
     def __init__(self, console: Console, description: str = "Pulling", *, plain_every: float = 10.0) -> None:
@@ -54,7 +56,7 @@ class PullDisplay:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(bar_width=24),
                 MofNCompleteColumn(),
-                TextColumn("[cyan]{task.fields[patients]}[/] patients"),
+                TextColumn("[cyan]{task.fields[patients]}[/]"),
                 TextColumn("[green]{task.fields[resources]}[/] res {task.fields[rate]}/s"),
                 TextColumn("retries {task.fields[retries]}"),
                 TextColumn("[red]errors {task.fields[errors]}[/]"),
@@ -63,11 +65,11 @@ class PullDisplay:
                 transient=False,
             )
             self._task: TaskID = self._progress.add_task(
-                description, total=None, patients=0, resources=0, rate=0, retries=0, errors=0
+                description, total=None, patients="0 patients", resources=0, rate=0, retries=0, errors=0
             )
 
     def __enter__(self) -> PullDisplay:
-        self._next = time.monotonic() + (0.0 if self._progress is not None else self._plain_every)
+        self._next = time.monotonic()  # plain mode too: a first line at once, then one every plain_every
         if self._progress is not None:
             self._progress.start()
         return self
@@ -95,11 +97,11 @@ class PullDisplay:
         self._apply(progress)
 
     def _plain(self, p: PullProgress) -> str:
-        total = p.streams_total if p.streams_total is not None else "?"
+        total = f"{p.streams_total:,}" if p.streams_total is not None else "?"
         return (
-            f"{self.description}: {p.streams_finished}/{total} streams · {p.patients_done} patients · "
-            f"{p.resources:,} resources · retries {p.retries if p.retries is not None else '-'} · "
-            f"errors {p.streams_failed} · {p.elapsed:.0f} s"
+            f"{self.description}: {p.streams_finished:,}/{total} streams · {plural(p.patients_done, 'patient')} · "
+            f"{plural(p.resources, 'resource')} · retries {p.retries if p.retries is not None else '-'} · "
+            f"errors {p.streams_failed:,} · {p.elapsed:.0f} s"
         )
 
     def _apply(self, p: PullProgress) -> None:
@@ -109,7 +111,7 @@ class PullDisplay:
             self._task,
             completed=p.streams_finished,
             total=p.streams_total,
-            patients=p.patients_done,
+            patients=plural(p.patients_done, "patient"),
             resources=f"{p.resources:,}",
             rate=f"{rate:,.0f}",
             retries=p.retries if p.retries is not None else "-",
@@ -117,43 +119,89 @@ class PullDisplay:
         )
 
 
-def summary_table(counts: Mapping[str, int], files: Mapping[str, Path], *, title: str = "Pulled") -> Table:
+def summary_table(
+    counts: Mapping[str, int],
+    files: Mapping[str, Path],
+    *,
+    title: str = "Pulled",
+    totals: Mapping[str, int] | None = None,
+) -> Table:
     """Resources and files per type (file names only: the title names the directory, and full paths
-    would be cut on an 80-column terminal)."""
+    would be cut on an 80-column terminal). ``totals``, after ``--resume``: the resources in each whole
+    file, shown beside this run's counts (the file also holds what earlier runs wrote)."""
     table = Table(title=title, title_justify="left")
     table.add_column("resource type")
-    table.add_column("resources", justify="right")
+    table.add_column("this run" if totals is not None else "resources", justify="right")
+    if totals is not None:
+        table.add_column("in file", justify="right")
     table.add_column("file")
     table.add_column("size", justify="right")
-    total = 0
+    total = in_files = 0
     for rtype in sorted(set(counts) | set(files)):
         path = files.get(rtype)
         size = _human_bytes(path.stat().st_size) if path is not None and path.exists() else "-"
         n = counts.get(rtype, 0)
         total += n
-        table.add_row(rtype, f"{n:,}", path.name if path else "-", size)
+        row = [rtype, f"{n:,}"]
+        if totals is not None:
+            in_files += totals.get(rtype, 0)
+            row.append(f"{totals.get(rtype, 0):,}")
+        table.add_row(*row, path.name if path else "-", size)
     table.add_section()
-    table.add_row("[bold]total", f"[bold]{total:,}", "", "")
+    last = ["[bold]total", f"[bold]{total:,}"] + ([f"[bold]{in_files:,}"] if totals is not None else [])
+    table.add_row(*last, "", "")
     return table
 
 
 def print_run_facts(
-    console: Console, p: PullProgress | None, failures: Sequence[PullFailure], *, resumable: bool = True
+    console: Console,
+    p: PullProgress | None,
+    failures: Sequence[PullFailure] = (),
+    *,
+    resumable: bool = True,
+    resumed: bool = False,
 ) -> None:
-    """One line of counters, then the failed streams (patient id and query: the operator may see them);
-    ``resumable`` says whether the state was kept for ``--resume`` to retry them."""
+    """One line of counters (``resumed``: the counts are this run's, after ``--resume``), then the failed
+    streams on stderr (:func:`report_failures`; ``resumable``: the state was kept for ``--resume``)."""
     if p is not None:
-        rate = p.resources / p.elapsed if p.elapsed > 0 else 0.0
-        skipped = f", {p.streams_skipped} skipped (already complete)" if p.streams_skipped else ""
-        console.print(
-            f"{p.patients_done} patients · {p.streams_done} streams done{skipped} · {p.pages:,} pages · "
-            f"{p.resources:,} resources in {p.elapsed:.2f} s ({rate:,.0f}/s) · "
-            f"retries {p.retries if p.retries is not None else '-'} · errors {p.streams_failed}"
+        _counters(console, p, resumed)
+    report_failures(failures, resumable=resumable)
+
+
+def _counters(console: Console, p: PullProgress, resumed: bool) -> None:
+    rate = p.resources / p.elapsed if p.elapsed > 0 else 0.0
+    skipped = f", {p.streams_skipped:,} skipped (already complete)" if p.streams_skipped else ""
+    console.print(
+        f"{plural(p.patients_done, 'patient')} · {p.streams_done:,} of {plural(p.streams_finished, 'stream')} "
+        f"done{skipped} · {plural(p.pages, 'page')} · {plural(p.resources, 'resource')} in {p.elapsed:.2f} s "
+        f"({rate:,.0f}/s){' this run' if resumed else ''} · retries {p.retries if p.retries is not None else '-'} "
+        f"· errors {p.streams_failed:,}",
+        highlight=False,
+    )
+
+
+def report_failures(failures: Sequence[PullFailure], *, resumable: bool, limit: int = 10) -> None:
+    """The failed streams on stderr (patient id and query: the operator may see them), each with what went
+    wrong in CLI terms; a retry is suggested only when it may help (not for a 400, 403 or 404)."""
+    if not failures:
+        return
+    lines = [f"{prefix()}: {plural(len(failures), 'stream')} failed:"]
+    for f in failures[:limit]:
+        text = describe(f.error).replace("\n  ", "\n    ")
+        lines.append(f"  patient {f.patient_id} · {f.query}: {text}")
+    if len(failures) > limit:
+        lines.append(f"  ... and {len(failures) - limit:,} more")
+    transient = sum(retry_may_help(f.error) for f in failures)
+    permanent = len(failures) - transient
+    how = "re-run with --resume to retry them" if resumable else "re-run to try them again"
+    fix = "their cause is fixed (a patient id, a type or query, the client's access)"
+    if permanent == 0:
+        lines.append(f"  a retry may help (connection, timeout, 429, 5xx): {how}")
+    elif transient == 0:
+        lines.append(f"  a retry fails the same way until {fix}")
+    else:
+        lines.append(
+            f"  {transient:,} may succeed on a retry (connection, timeout, 429, 5xx): {how}; the other "
+            f"{permanent:,} fail the same way until {fix}"
         )
-    if failures:
-        retry = "re-run with --resume to retry them" if resumable else "re-run to try again"
-        console.print(f"[red]{len(failures)} stream(s) failed[/] ({retry}):")
-        for f in failures[:10]:
-            console.print(f"  patient {f.patient_id} · {f.query}: {type(f.error).__name__}: {f.error}")
-        if len(failures) > 10:
-            console.print(f"  ... and {len(failures) - 10} more")
+    print("\n".join(lines), file=sys.stderr, flush=True)

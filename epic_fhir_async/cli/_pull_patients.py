@@ -11,7 +11,7 @@ import anyio
 
 from .. import ConfigurationError
 from ..pull import check_patient_id
-from ._common import CLIError
+from ._common import CLIError, advice
 
 #: Extensions that make a missing ``--patients`` argument a mistyped file name rather than an id.
 _FILE_SUFFIXES = frozenset(
@@ -29,13 +29,16 @@ def _looks_like_path(arg: str) -> bool:
 
 def _patient_arg_error(arg: str) -> str | None:
     """Why an argument of ``--patients`` that is not a readable file is not a patient id either, or ``None``."""
+    head, sep, _ = arg.partition("/")
+    if sep and head == "Patient" and not Path(arg).exists():
+        return f"--patients {arg}: give the bare id (what follows 'Patient/'), not a reference"
     if _looks_like_path(arg):
         kind = "not a file" if Path(arg).exists() else "no such file"
         return f"--patients {arg}: {kind} (give FHIR ids, or files with one id per line)"
     try:
         check_patient_id(arg)
     except ConfigurationError as exc:
-        return f"--patients {arg!r} is neither a file nor a patient id: {exc}"
+        return f"--patients {arg!r} is neither a file nor a patient id: {advice(str(exc))}"
     return None
 
 
@@ -79,7 +82,10 @@ class PatientSource:
                         try:
                             check_patient_id(value)
                         except ConfigurationError as exc:  # the message never repeats the line: it may be PHI
-                            return f"{arg} line {number}: {exc}; give one id per line ('#' starts a comment)"
+                            return (
+                                f"{arg} line {number}: {advice(str(exc))}; give one id per line ('#' starts a "
+                                "comment)"
+                            )
                         n += 1
             except UnicodeDecodeError:
                 return f"{arg} is not a UTF-8 text file of patient ids"

@@ -1,12 +1,21 @@
-"""``epic-fhir sandbox``: run the Epic sandbox emulator as a real HTTP server until Ctrl-C."""
+"""``epic-fhir sandbox``: run the Epic sandbox emulator as a real HTTP server until Ctrl-C.
+
+The banner says what a client needs (the URLs, the Group id, some patient ids, how to get a token); every
+refused token or bearer token is then logged on stderr with its reason, which Epic's answer never gives
+(``invalid_client`` and an empty 401 say nothing). ``--static-token`` makes a fixed bearer token work for
+tools that cannot sign a client assertion.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
-import ipaddress
 import json
+import logging
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +23,11 @@ import anyio
 
 from ._common import (
     EXIT_FAILURE,
+    TOKEN_ENV,
     CLIError,
+    command_line,
     fraction,
+    is_loopback,
     non_negative_float,
     non_negative_int,
     port_number,
@@ -102,6 +114,13 @@ def register(subparsers: Any) -> None:
         parser.add_argument(flag, action="append", default=[], metavar=metavar, help=f"{text} (repeatable)")
     parser.add_argument("--scope-style", choices=("v1", "v2", "epic"), default="v1", help="token scope style")
     parser.add_argument(
+        "--static-token",
+        metavar="TOKEN",
+        default=None,
+        help=f"also accept this bearer token, which never expires (client {STATIC_CLIENT!r}, every type): for "
+        f"tools that take a fixed token, e.g. {TOKEN_ENV}",
+    )
+    parser.add_argument(
         "--latency-ms", type=non_negative_float, default=0.0, metavar="MS", help="added latency per request"
     )
     defaults = SandboxConfig()
@@ -149,13 +168,57 @@ def _client_types(specs: list[str], clients: list[tuple[str, Any]]) -> dict[str,
     return types
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+_is_loopback = is_loopback
+
+#: The client the ``--static-token`` belongs to (registered with a throwaway key: it never signs).
+STATIC_CLIENT = "sandbox-static"
+
+#: Why the sandbox refused a token, in words (the reasons are its short codes, docs/sandbox.md).
+_REASONS = {
+    "unknown_client": "no client is registered with this client id: --client ID=JWKS_FILE",
+    "unknown_kid": "the assertion's kid is not in the client's JWK Set: signed with another key?",
+    "missing_kid": "the assertion's header has no kid",
+    "bad_signature": "the signature does not verify with the client's registered key: another key?",
+    "bad_aud": "the assertion's aud is not the token URL",
+    "expired": "the assertion has expired: check this machine's clock",
+    "exp_too_far": "the assertion's exp is more than 5 minutes ahead",
+    "replayed_jti": "the assertion's jti was used before",
+    "bad_alg": "the assertion's alg is not one Epic accepts (RS384, ES384, ...)",
+    "malformed": "the client_assertion is not a signed JWT",
+    "wrong_environment": "the client id belongs to the other environment (--environment)",
+    "not_synced": "the client's keys are not synced yet",
+    "client_id_mismatch": "the form's client_id is not the assertion's",
+    "flake": "a simulated failure (--token-flake-rate)",
+}
+
+
+class _RefusalFormatter(logging.Formatter):
+    """``epic-fhir sandbox: 12:00:01 token request refused: bad_aud (the assertion's aud is not ...)``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        reason = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        why = _REASONS.get(str(reason)) if record.msg == "token request refused: %s" else None
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        return f"epic-fhir sandbox: {stamp} {text}{f' ({why})' if why else ''}"
+
+
+@contextlib.contextmanager
+def _refusals_on_stderr() -> Iterator[None]:
+    """The sandbox's refusal records (INFO) on stderr while it serves; not twice with ``-v``."""
+    logger = logging.getLogger("epic_fhir_async.sandbox")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RefusalFormatter())
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def build_sandbox(args: argparse.Namespace) -> EpicSandbox:
@@ -190,6 +253,13 @@ def build_sandbox(args: argparse.Namespace) -> EpicSandbox:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SystemExit(f"invalid JWK Set for {client_id}: {exc}") from None
+    if args.static_token is not None:
+        if not args.static_token.strip() or any(c.isspace() for c in args.static_token):
+            raise SystemExit("--static-token must be a non-empty token without spaces")
+        from ..auth import generate_private_key, public_jwks
+
+        sandbox.register_client(STATIC_CLIENT, public_jwks(generate_private_key("ES256")))
+        sandbox.oauth.accept_static_token(args.static_token, STATIC_CLIENT)
     return sandbox
 
 
@@ -201,9 +271,10 @@ async def run(args: argparse.Namespace) -> int:
         )
     sandbox = build_sandbox(args)
     try:
-        async with sandbox.serve(host=args.host, port=args.port) as base_url:
-            _announce(args, sandbox, base_url)
-            await anyio.sleep_forever()
+        with _refusals_on_stderr():
+            async with sandbox.serve(host=args.host, port=args.port) as base_url:
+                _announce(args, sandbox, base_url)
+                await anyio.sleep_forever()
     except OSError as exc:  # the bind: a port in use, an address not on this machine, a privileged port
         if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise
@@ -217,11 +288,37 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _announce(args: argparse.Namespace, sandbox: EpicSandbox, base_url: str) -> None:
-    print(f"Epic sandbox emulator (seed {args.seed}, {args.patients} generated patients)")
+    """What a client needs, one ``Label: value`` line each (tests read the URLs), then how to stop."""
+    ids = sandbox.dataset.patient_ids
+    named = max(0, len(ids) - args.patients)
+    print(
+        f"Epic sandbox emulator (seed {args.seed}: {named} of Epic's test patients and {args.patients} generated)"
+    )
     print(f"FHIR base URL: {base_url}")
     print(f"Token URL:     {sandbox.token_url}")
     print(f"Stats:         {sandbox.origin}/__sandbox/stats")
     print(f"Directory:     {sandbox.origin}/Endpoints/R4")
-    names = ", ".join(spec.partition("=")[0] for spec in args.client) or "none (use --client ID=JWKS_FILE)"
-    print(f"Clients:       {names}")
+    print(f"Group id:      {sandbox.dataset.group_id} (all patients; export's default --group)")
+    more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+    print(f"Patient ids:   {', '.join(ids[:3])}{more}")
+    names = [spec.partition("=")[0] for spec in args.client]
+    print(f"Clients:       {', '.join(names) or 'none registered'}")
+    if names:
+        token = command_line("token", "--base-url", base_url, "--client-id", names[0], "--key", "KEY.pem")
+        print(f"Get a token:   {token}  (KEY.pem: the private key of its JWK Set)")
+    if args.static_token is not None:
+        print(
+            f"Static token:  the --static-token value is accepted as a bearer token (client {STATIC_CLIENT})"
+        )
+        pull = (
+            command_line("pull", "--base-url", base_url, "--patients", ids[0], "--out", "DIR") if ids else ""
+        )
+        print(f"Use it:        {TOKEN_ENV}=TOKEN {pull}".rstrip())
+    if not names and args.static_token is None:
+        keys = command_line("keys", "generate", "--out", "keys")
+        print(
+            f"Get a token:   register a client: {keys}, then restart with --client ID=keys/jwks.json; "
+            "or pass --static-token TOKEN"
+        )
+    print("Refused tokens are logged below with the reason (Epic's answer never says why).")
     print("Press Ctrl-C to stop.", flush=True)

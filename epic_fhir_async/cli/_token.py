@@ -8,21 +8,35 @@ and what usually causes it.
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from .. import EpicFHIRClient, EpicFHIRError
+from .. import ConfigurationError, EpicFHIRClient, EpicFHIRError
 from ..auth import BackendServicesAuth
-from ._common import add_password_argument, describe, load_key
+from ._common import (
+    EXIT_FAILURE,
+    CLIError,
+    add_password_argument,
+    advice,
+    check_server_url,
+    describe,
+    load_key,
+)
+
+_DESCRIPTION = (
+    "Ask the token endpoint for a SMART Backend Services access token once, signing the client assertion with "
+    "--key, to check that a registration works: prints the token URL, the key id, the expiry and the granted "
+    "scopes (the token itself only with --show-token), or why Epic refused it. The token URL is discovered "
+    "from --base-url unless --token-url is given."
+)
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "token", help="fetch a backend-services access token (checks a registration)"
+        "token",
+        help="fetch a backend-services access token (checks a registration)",
+        description=_DESCRIPTION,
     )
     parser.add_argument("--base-url", required=True, help="FHIR R4 base URL (token URL discovered from it)")
     parser.add_argument(
@@ -37,22 +51,24 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=token)
 
 
-def _http_client() -> httpx.AsyncClient:
-    """The HTTP client the command uses (a seam for tests)."""
-    return httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
-
-
 async def token(args: argparse.Namespace) -> int:
+    # Before any request: discovery and the signed assertion must not travel over plain http:// to another host.
+    check_server_url(args.base_url)
+    if args.token_url:
+        check_server_url(args.token_url, "--token-url")
     keys = load_key(args.key, args.password_env)
     try:
         auth = BackendServicesAuth(
             args.client_id, keys, token_url=args.token_url, scope=args.scope, jku=args.jku
         )
-        async with _http_client() as http, EpicFHIRClient(args.base_url, auth=auth, http_client=http):
+        client = EpicFHIRClient(args.base_url, auth=auth)
+    except ConfigurationError as exc:
+        raise CLIError(advice(str(exc))) from None
+    try:
+        async with client:
             result = await auth.get_token()
     except EpicFHIRError as exc:  # TokenRequestError's str() carries Epic's error code and a hint
-        print(f"error: {describe(exc, args.base_url)}", file=sys.stderr)
-        return 1
+        raise CLIError(describe(exc, args.base_url), EXIT_FAILURE) from None
     expires = (
         datetime.fromtimestamp(result.expires_at_wall, tz=timezone.utc).isoformat(timespec="seconds")
         if result.expires_at_wall is not None

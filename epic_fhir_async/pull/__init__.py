@@ -10,6 +10,7 @@ from ._checkpoint import PullCheckpoint as PullCheckpoint
 from ._checkpoint import StreamCheckpoint as StreamCheckpoint
 from ._queries import EpicExpansion as EpicExpansion
 from ._queries import check_patient_id as check_patient_id
+from ._queries import check_resource_type as check_resource_type
 from ._stream import PullStream as PullStream
 from ._values import PullFailure as PullFailure
 from ._values import PullItem as PullItem
@@ -26,4 +27,5 @@ __all__ = [
     "StreamCheckpoint",
     "StreamOutcomes",
     "check_patient_id",
+    "check_resource_type",
 ]

@@ -4,7 +4,8 @@ A pull is given resource types or query templates (``"Condition"``,
 ``"Observation?category=laboratory&date=ge2024-01-01"``) and turns each into one or more
 :class:`PullQuery` objects, each of which becomes one search per patient. Epic refuses searches that
 miss a required parameter (docs/epic-notes.md §3.3; one app imported no labs because it searched Observation
-without a category), so by default the rules below, one per row of that section's table, add what Epic needs:
+without a category), so by default the rules below, one per row of that section's table, add what Epic needs
+(the requirements themselves, shared with ``client.search()``'s check, are in ``_epic_search``):
 
 * ``Patient`` becomes ``Patient?_id=<id>``: Patient search needs demographics, ``_id`` or ``identifier``
   and ``Patient?patient=`` is meaningless (Patient row).
@@ -23,28 +24,35 @@ patient ids (checked, each once) for the engine.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
 import anyio
 
+from .._epic_search import (
+    DEFAULT_CAREPLAN_CATEGORIES,
+    OBSERVATION_CATEGORIES,
+    REJECTED_OBSERVATION_CATEGORIES,
+)
 from .._errors import ConfigurationError
-from .._urls import check_id
+from .._r4_types import R4_RESOURCE_TYPES
+from .._urls import check_id, check_type
 
-__all__ = ["EpicExpansion", "PatientIds", "PullQuery", "UniqueIds", "check_patient_id", "expand_queries"]
+__all__ = [
+    "EpicExpansion",
+    "PatientIds",
+    "PullQuery",
+    "UniqueIds",
+    "check_patient_id",
+    "check_resource_type",
+    "expand_queries",
+]
 
 #: What a pull accepts as patients: ids in any (async) iterable, read lazily.
 PatientIds = Iterable[str] | AsyncIterable[str]
 
-#: Categories Epic accepts for Observation search (docs/epic-notes.md §3.3); the first three are the
-#: default expansion.
-OBSERVATION_CATEGORIES = ("vital-signs", "laboratory", "social-history", "exam", "survey", "imaging")
-#: Categories that make Epic's Observation search fail since June 2025 (docs/epic-notes.md §3.3).
-REJECTED_OBSERVATION_CATEGORIES = frozenset({"procedure", "therapy", "activity"})
-#: SNOMED CarePlan categories listed in Epic's CarePlan diagnostics (docs/epic-notes.md §3.3, unverified):
-#: longitudinal, encounter.
-DEFAULT_CAREPLAN_CATEGORIES = ("38717003", "734163000")
 #: Types that are not in the Patient compartment: a ``patient=`` search for them is meaningless.
 NOT_PATIENT_SCOPED = frozenset(
     {"Binary", "Group", "Location", "Medication", "Organization", "Practitioner", "PractitionerRole"}
@@ -199,6 +207,25 @@ def check_patient_id(value: object) -> str:
     """``value`` if it is a valid FHIR id for a patient, else :class:`ConfigurationError` saying what is wrong
     (never repeating the id: it identifies a patient). For checking ids read from a file before a pull."""
     return check_id(value, what="patient id")
+
+
+def check_resource_type(value: object) -> str:
+    """``value`` if it is a FHIR R4 resource type, else :class:`ConfigurationError` naming the nearest types.
+
+    Stricter than the client, which sends a well-formed unknown name and lets the server decide: for checking
+    types typed by a person (a command line, a config file) before a pull or export starts, since Epic answers
+    an unknown type with an IIS 404 page per request (docs/epic-notes.md §3.7).
+    """
+    name = check_type(value)  # shape and case ("patient" -> did you mean 'Patient'?)
+    if name in R4_RESOURCE_TYPES:
+        return name
+    close = difflib.get_close_matches(name, sorted(R4_RESOURCE_TYPES), n=3, cutoff=0.6)
+    hint = (
+        f"did you mean {' or '.join(repr(c) for c in close)}?"
+        if close
+        else "see https://hl7.org/fhir/R4/resourcelist.html"
+    )
+    raise ConfigurationError(f"unknown resource type {name!r}: not a FHIR R4 resource type; {hint}")
 
 
 class UniqueIds:

@@ -107,6 +107,7 @@ class EpicSandbox(SmartLaunchMixin, AsgiServer):
             session_ttl=config.session_ttl,
             seed=config.seed,
             warn_unknown=config.unknown_params == "warn",
+            outside_records=config.outside_records,
         )
         self._injector = FaultInjector(self.faults, clock=self.clock, stats=self.stats, seed=config.seed)
         self._fhir_prefix = config.root_path + FHIR_PATH

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from ._http import outcome, outcome_issue
+from ._http import EPIC_TEXT, outcome, outcome_issue
 
 __all__ = [
     "NDJSON",
@@ -31,15 +31,11 @@ __all__ = [
 
 NDJSON = "application/fhir+ndjson"
 
-# Epic displays (docs/epic-notes.md §3.6, §3.8) for the codes the bulk server uses.
+# Displays for the codes the bulk server uses: Epic's recorded ones (docs/epic-notes.md §3.8), ours for the rest.
 _DISPLAY = {
+    **EPIC_TEXT,
     "4100": "The resource request contained an invalid parameter.",
-    "4101": "Resource request returns no results.",
     "4118": "User not authorized for request.",
-    "59008": "The FHIR ID provided was not found.",
-    "59159": "A business rule failed.",
-    "59204": "The authenticated client's search request applies to a sub-resource that the client is not "
-    "authorized for. Results of this sub-type will not be returned.",
 }
 
 

@@ -1,4 +1,9 @@
-"""Epic's CapabilityStatement and SMART configuration (docs/epic-notes.md §3.2, §2.1)."""
+"""Epic's CapabilityStatement and SMART configuration (docs/epic-notes.md §3.2, §2.1).
+
+The statement has Epic's shape (February 2026): its 59 types, per-type interactions, the declared
+``searchParam``s of every searchable type, US Core ``supportedProfile``s, ``security.cors`` and the Group
+operation named ``group-export``; the tables live in :mod:`._search_params`, shared with the search engine.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._idtoken import OIDC_KEYS_PATH
+from ._search_params import (
+    CREATE_TYPES,
+    RESOURCE_TYPES,
+    SEARCH_PARAMS,
+    SEARCHABLE_TYPES,
+    UPDATE_TYPES,
+    US_CORE_PROFILES,
+)
 
 __all__ = [
     "CREATE_TYPES",
@@ -15,101 +28,7 @@ __all__ = [
     "smart_configuration",
 ]
 
-#: The resource types the sandbox knows; any other first path segment is Epic's IIS HTML 404
-#: (docs/epic-notes.md §3.7).
-RESOURCE_TYPES: frozenset[str] = frozenset(
-    [
-        "AdverseEvent",
-        "AllergyIntolerance",
-        "Appointment",
-        "Binary",
-        "BodyStructure",
-        "CarePlan",
-        "CareTeam",
-        "Communication",
-        "ConceptMap",
-        "Condition",
-        "Consent",
-        "Contract",
-        "Coverage",
-        "Device",
-        "DeviceRequest",
-        "DeviceUseStatement",
-        "DiagnosticReport",
-        "DocumentReference",
-        "Encounter",
-        "Endpoint",
-        "EpisodeOfCare",
-        "ExplanationOfBenefit",
-        "FamilyMemberHistory",
-        "Flag",
-        "Goal",
-        "Group",
-        "HealthcareService",
-        "ImagingStudy",
-        "Immunization",
-        "ImmunizationRecommendation",
-        "InsurancePlan",
-        "List",
-        "Location",
-        "Measure",
-        "MeasureReport",
-        "Media",
-        "Medication",
-        "MedicationAdministration",
-        "MedicationDispense",
-        "MedicationRequest",
-        "MedicationStatement",
-        "NutritionOrder",
-        "Observation",
-        "Organization",
-        "Patient",
-        "Practitioner",
-        "PractitionerRole",
-        "Procedure",
-        "Provenance",
-        "Questionnaire",
-        "QuestionnaireResponse",
-        "RelatedPerson",
-        "RequestGroup",
-        "ResearchStudy",
-        "ResearchSubject",
-        "ServiceRequest",
-        "Specimen",
-        "Substance",
-        "Task",
-    ]
-)
-#: docs/epic-notes.md §3.2: the 11 types with ``create`` and the 7 with ``update``; nothing else is writable.
-CREATE_TYPES: frozenset[str] = frozenset(
-    [
-        "AllergyIntolerance",
-        "BodyStructure",
-        "Communication",
-        "ConceptMap",
-        "Condition",
-        "DocumentReference",
-        "Observation",
-        "Patient",
-        "Procedure",
-        "QuestionnaireResponse",
-        "ServiceRequest",
-    ]
-)
-UPDATE_TYPES: frozenset[str] = frozenset(
-    [
-        "BodyStructure",
-        "DiagnosticReport",
-        "DocumentReference",
-        "Observation",
-        "Procedure",
-        "ServiceRequest",
-        "Task",
-    ]
-)
-#: Types without ``search-type`` in Epic's statement (59 read, 56 search-type).
-_NO_SEARCH = frozenset({"Binary", "ConceptMap", "Measure"})
-
+_US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 _OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
 
@@ -135,46 +54,13 @@ def capability_statement(
     }
     if not (bool(epic_client_id) if register is None else register):
         del chosen["register"]
-    uris: list[dict[str, Any]] = [{"url": name, "valueUri": uri} for name, uri in chosen.items()]
-    resources = []
-    for rtype in sorted(RESOURCE_TYPES):
-        interactions = [{"code": "read"}]
-        if rtype not in _NO_SEARCH:
-            interactions.append({"code": "search-type"})
-        if rtype in CREATE_TYPES:
-            interactions.append({"code": "create"})
-        if rtype in UPDATE_TYPES:
-            interactions.append({"code": "update"})
-        entry: dict[str, Any] = {
-            "type": rtype,
-            "interaction": interactions,
-            "readHistory": False,
-            "conditionalCreate": False,
-            "conditionalRead": "not-supported",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
-            "searchInclude": ["*"],
-            "searchRevInclude": ["Provenance:target"],
-        }
-        if rtype == "Patient":
-            entry["operation"] = [
-                {"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"},
-                {"name": "summary", "definition": "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"},
-            ]
-        if rtype == "Group":
-            entry["operation"] = [
-                {
-                    "name": "export",
-                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
-                }
-            ]
-        resources.append(entry)
+    uris: list[dict[str, Any]] = [{"valueUri": uri, "url": name} for name, uri in chosen.items()]
+    resources = [_resource_entry(rtype) for rtype in sorted(RESOURCE_TYPES)]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "experimental": True,
         "date": "2026-02-09",
-        "publisher": "Epic",
         "kind": "instance",
         "instantiates": [
             "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data",
@@ -188,15 +74,11 @@ def capability_statement(
             {
                 "mode": "server",
                 "security": {
-                    "extension": [{"url": _OAUTH_URIS, "extension": uris}],
+                    "extension": [{"extension": uris, "url": _OAUTH_URIS}],
+                    "cors": True,
                     "service": [
-                        {"coding": [{"system": _SERVICE, "code": "OAuth", "display": "OAuth"}]},
-                        {
-                            "coding": [
-                                {"system": _SERVICE, "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}
-                            ]
-                        },
-                        {"coding": [{"system": _SERVICE, "code": "Basic", "display": "Basic"}]},
+                        {"coding": [{"system": _SERVICE, "code": code, "display": code}], "text": code}
+                        for code in ("OAuth", "SMART-on-FHIR", "Basic")
                     ],
                 },
                 "resource": resources,
@@ -208,8 +90,54 @@ def capability_statement(
 _SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
 
 
+def _resource_entry(rtype: str) -> dict[str, Any]:
+    """One ``rest.resource`` entry, keys and interactions in Epic's order."""
+    entry: dict[str, Any] = {"type": rtype}
+    if rtype in US_CORE_PROFILES:
+        entry["supportedProfile"] = [f"{_US_CORE}{name}|6.1.0" for name in US_CORE_PROFILES[rtype]]
+    codes = [
+        code
+        for code, present in (
+            ("create", rtype in CREATE_TYPES),
+            ("read", True),
+            ("search-type", rtype in SEARCHABLE_TYPES),
+            ("update", rtype in UPDATE_TYPES),
+        )
+        if present
+    ]
+    entry |= {
+        "interaction": [{"code": code} for code in codes],
+        "readHistory": False,
+        "updateCreate": False,
+        "conditionalCreate": False,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+    }
+    if rtype in SEARCHABLE_TYPES:
+        entry["searchInclude"] = ["*"]
+        entry["searchRevInclude"] = ["Provenance:target"]
+        entry["searchParam"] = [{"name": name, "type": kind} for name, kind in SEARCH_PARAMS[rtype]]
+    if rtype == "Patient":
+        entry["operation"] = [
+            {"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"},
+            {"name": "summary", "definition": "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"},
+        ]
+    if rtype == "Group":
+        entry["operation"] = [
+            {
+                "name": "group-export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+            }
+        ]
+    return entry
+
+
 def smart_configuration(oauth_url: str) -> dict[str, Any]:
     """``[base]/.well-known/smart-configuration`` (docs/epic-notes.md §2.1); always JSON, no authentication.
+
+    The keys, grant types, auth methods (in Epic's order), PKCE methods and capabilities are those Epic's
+    production servers publish (docs/epic-notes.md §2.1).
 
     ``jwks_uri`` (Epic's OIDC key URL, beside ``/oauth2`` under the server root) comes with
     ``sso-openid-connect``, as the SMART spec requires for servers that issue id_tokens (Epic's:
@@ -221,8 +149,8 @@ def smart_configuration(oauth_url: str) -> dict[str, Any]:
         "authorization_endpoint": f"{oauth_url}/authorize",
         "token_endpoint": f"{oauth_url}/token",
         "token_endpoint_auth_methods_supported": [
-            "client_secret_post",
             "client_secret_basic",
+            "client_secret_post",
             "private_key_jwt",
         ],
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "RS384", "RS512", "ES256", "ES384"],
@@ -242,22 +170,25 @@ def smart_configuration(oauth_url: str) -> dict[str, Any]:
         ],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
+        # The set Epic's production servers publish (docs/epic-notes.md §2.1), authorize-post included:
+        # Epic accepts a form POST at authorize for EHR launches (docs/epic-notes.md §2.2).
         "capabilities": [
+            "authorize-post",
+            "client-confidential-asymmetric",
+            "client-confidential-symmetric",
+            "client-public",
+            "context-banner",
+            "context-ehr-encounter",
+            "context-ehr-patient",
+            "context-standalone-patient",
+            "context-style",
             "launch-ehr",
             "launch-standalone",
-            "client-public",
-            "client-confidential-symmetric",
-            "client-confidential-asymmetric",
-            "context-ehr-patient",
-            "context-ehr-encounter",
-            "context-standalone-patient",
-            "context-banner",
-            "context-style",
-            "sso-openid-connect",
             "permission-offline",
             "permission-patient",
             "permission-user",
             "permission-v1",
             "permission-v2",
+            "sso-openid-connect",
         ],
     }

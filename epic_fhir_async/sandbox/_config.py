@@ -6,16 +6,25 @@ Defaults are Epic's where Epic's are known (docs/epic-notes.md §0 root path, §
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .._config import EPIC_MAX_PAGE_SIZE
 from ._jku import JKU_MAX_CACHE
 
-__all__ = ["DEFAULT_ORIGIN", "DEFAULT_ROOT", "SandboxConfig", "SandboxFaults"]
+__all__ = ["DEFAULT_ORIGIN", "DEFAULT_ROOT", "EPIC_BULK", "SandboxConfig", "SandboxFaults"]
 
 DEFAULT_ORIGIN = "http://127.0.0.1:8765"
 #: Epic's sandbox server root (docs/epic-notes.md §0); a production-style root such as "/FHIRProxy" works too.
 DEFAULT_ROOT = "/interconnect-fhir-oauth"
+
+
+#: The bulk knobs of :meth:`SandboxConfig.epic_bulk`.
+EPIC_BULK: dict[str, Any] = {
+    "export_seconds": 3 * 3600.0,
+    "export_progress_headers": False,
+    "export_since": "reject",
+    "export_cooldown": 86400.0,
+}
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,9 @@ class SandboxConfig:
     ``page_size``/``max_page_size``: Epic pages at 1000 entries by default and at most (docs/epic-notes.md
     §3.5). ``session_ttl``: paging sessions expire this long after their last use (Epic's TTL is
     undocumented). ``unknown_params``: ``"ignore"`` (Epic's usual silence, docs/epic-notes.md §3.4) or
-    ``"warn"`` (a 4122 outcome entry). ``environment``: ``"non-production"`` (Epic's sandbox) or
+    ``"warn"`` (a 4122 outcome entry). ``outside_records``: clinical searchsets end with Epic's "Outside Record"
+    59204 warnings (and Procedure's 59205), as on Epic's sandbox, whose clients lack those sub-types
+    (docs/epic-notes.md §3.6). ``environment``: ``"non-production"`` (Epic's sandbox) or
     ``"production"``; client IDs registered for the other environment get ``invalid_client``
     (docs/epic-notes.md §1.1). ``token_audiences``: extra accepted assertion ``aud`` values (a customer's
     proxy allow-list, §1.4). ``jku_max_cache``: ceiling of the JKU key cache (29 h, §1.5). ``export_*``: the
@@ -53,6 +64,7 @@ class SandboxConfig:
     origin: str = DEFAULT_ORIGIN
     root_path: str = DEFAULT_ROOT
     unknown_params: Literal["ignore", "warn"] = "ignore"
+    outside_records: bool = True
     environment: Literal["non-production", "production"] = "non-production"
     token_audiences: tuple[str, ...] = ()
     jku_max_cache: float = JKU_MAX_CACHE
@@ -81,6 +93,18 @@ class SandboxConfig:
         audiences: object = self.token_audiences  # typed as a tuple, but a lone string is an easy mistake
         if isinstance(audiences, str):
             raise TypeError("token_audiences must be a tuple of URLs, not one string")
+
+    @classmethod
+    def epic_bulk(cls, **fields: Any) -> SandboxConfig:
+        """A config whose Bulk Data exports run as Epic's do (docs/epic-notes.md §4.2, §4.3); ``fields`` set
+        the rest (or override these).
+
+        Jobs take three hours of sandbox time (Epic's take minutes to days), status polls carry neither
+        ``Retry-After`` nor ``X-Progress`` (unconfirmed at Epic, so a client must not need them), ``_since``
+        is refused, and a client may kick off the same Group once a day. The defaults instead finish a job in
+        2 s with both headers, for quick tests.
+        """
+        return cls(**{**EPIC_BULK, **fields})
 
     def faults(self) -> SandboxFaults:
         """The initial fault settings this config describes."""

@@ -188,7 +188,7 @@ def make_observation(ctx: PatientContext, category: str) -> Built:
 def make_encounter(ctx: PatientContext) -> Built:
     """An Encounter with Epic OID type codings and a CSN identifier (docs/epic-notes.md §3.12)."""
     rng = ctx.rng
-    etype, etext, vcode, vtext, klass, kdisplay = c.ENCOUNTER_TYPES[rng.randrange(len(c.ENCOUNTER_TYPES))]
+    etype, etext, vcode, vtext, klass, _ = c.ENCOUNTER_TYPES[rng.randrange(len(c.ENCOUNTER_TYPES))]
     enc_id, csn, age = short_id(rng), str(rng.randrange(10_000, 99_999_999)), rng.randrange(DAY, _YEARS)
     length = rng.randrange(2, 6) * DAY if klass == "IMP" else rng.randrange(900, 3600)
     participant = ctx.practitioner()
@@ -197,7 +197,7 @@ def make_encounter(ctx: PatientContext) -> Built:
         "id": enc_id,
         "identifier": [{"use": "usual", "system": c.EPIC_CSN, "value": csn}],
         "status": "finished",
-        "class": {"system": c.ACT_CODE, "code": klass, "display": kdisplay},
+        "class": c.coding(c.EPIC_ENC_CLASS, *c.EPIC_CLASSES[klass]),
         "type": [
             {"coding": [c.coding(c.EPIC_ENC_TYPE, etype, etext)], "text": etext},
             {"coding": [c.coding(c.EPIC_VISIT_TYPE, vcode, vtext)], "text": vtext},

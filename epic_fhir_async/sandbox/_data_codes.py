@@ -25,7 +25,6 @@ COND_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
 ALLERGY_VERIFICATION = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 MEDREQ_CATEGORY = "http://terminology.hl7.org/CodeSystem/medicationrequest-category"
 DOCREF_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
 DIAG_SERVICE = "http://terminology.hl7.org/CodeSystem/v2-0074"
@@ -60,7 +59,15 @@ ID_EPI = f"{EPIC}.5.737384.14"
 ID_INTERNAL = f"{EPIC}.2.698084"
 ID_EXTERNAL = f"{EPIC}.2.698084.0"
 ID_MYCHART = f"{EPIC}.3.878082.110"
+ID_WPR_INTERNAL = f"{EPIC}.2.878082"
 ID_DSTU2 = "http://open.epic.com/FHIR/StructureDefinition/patient-dstu2-fhir-id"
+C4BB_IDENTIFIER_TYPE = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBIdentifierType"
+OMB_RACE = "urn:oid:2.16.840.1.113883.6.238"
+EXT_SEX_FOR_CLINICAL_USE = "http://open.epic.com/FHIR/StructureDefinition/extension/sex-for-clinical-use"
+EXT_PRONOUNS = "http://open.epic.com/FHIR/StructureDefinition/extension/calculated-pronouns-to-use-for-text"
+EXT_US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+EXT_US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+EXT_US_CORE_SEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-sex"
 ID_STU3 = "http://open.epic.com/FHIR/StructureDefinition/patient-fhir-id"
 
 OBS_CATEGORY_DISPLAY = {
@@ -186,6 +193,16 @@ PROCEDURES: tuple[tuple[str, str, str], ...] = (
 )
 
 # --- encounters: (Epic enc type code, enc type text, visit type code, visit text, class code, class display) ----
+#: Epic codes ``Encounter.class`` in its own system with numeric codes, not HL7's ActCode (docs/epic-notes.md
+#: §3.12), so ``Encounter?class=AMB`` names no class Epic knows (§3.4). The sandbox's class for each ActCode
+#: kind below: the outpatient ones are codes Epic's sandbox sends, the emergency and inpatient ones ours.
+EPIC_ENC_CLASS = "urn:oid:1.2.840.114350.1.72.1.7.7.10.696784.13260"
+EPIC_CLASSES: dict[str, tuple[str, str]] = {
+    "AMB": ("4", "HOV"),
+    "VR": ("13", "Support OP Encounter"),
+    "EMER": ("103", "Emergency"),
+    "IMP": ("101", "Inpatient"),
+}
 ENCOUNTER_TYPES: tuple[tuple[str, str, str, str, str, str], ...] = (
     ("101", "Office Visit", "1001", "Established Patient", "AMB", "ambulatory"),
     ("101", "Office Visit", "1000", "New Patient", "AMB", "ambulatory"),

@@ -7,7 +7,10 @@ highlights (Derrick Lin gets more than 1000 vital signs so Epic's default 1000-e
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import random
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,12 +90,86 @@ NAMED_PRACTITIONERS: tuple[tuple[str, str, str], ...] = (
     ("evNp-KhYwOOqAZn1pZ2enuA3", "Interconnect", "User"),
 )
 ORGANIZATION_ID = "enRyWnSP963FYDpoks4NHOA3"
-_ID_SYSTEMS = {
-    "CEID": c.ID_CEID,
-    "EPIC": c.ID_EPIC_MRN,
-    "EPI": c.ID_EPI,
-    "MYCHARTLOGIN": c.ID_MYCHART,
+
+
+#: (OMB race code, display, text) choices; the patient id picks one, never the dataset's random stream.
+_RACES = (
+    ("2106-3", "White", "White"),
+    ("2054-5", "Black or African American", "Black"),
+    ("2028-9", "Asian", "Chinese"),
+    ("1002-5", "American Indian or Alaska Native", "American Indian"),
+)
+_SNOMED_SEX = {"female": "248152002", "male": "248153007"}
+_PRONOUNS = {
+    "female": ("LA29519-8", "she/her/her/hers/herself"),
+    "male": ("LA29518-0", "he/him/his/his/himself"),
 }
+
+
+def _pick(patient_id: str, salt: str, n: int) -> int:
+    """A stable choice among ``n`` for this patient: extra detail must not draw on the seeded random stream,
+    or every resource generated after the patients would change."""
+    return zlib.crc32(f"{salt}:{patient_id}".encode()) % n
+
+
+def dstu2_id(patient_id: str) -> str:
+    """A stable DSTU2-style FHIR id (``T`` + 43 chars + ``B``) derived from the R4 id, for patients whose real
+    one Epic's captures do not give (the Patient's ``FHIR`` identifier and ``__epic.dstu2.patient``)."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(patient_id.encode()).digest()).decode("ascii")
+    return "T" + digest[:43].replace("_", ".") + "B"
+
+
+def _patient_extensions(patient_id: str, gender: str) -> list[dict[str, Any]]:
+    """Epic's Patient extensions: legal sex and sex for clinical use in Epic's system, US Core race,
+    ethnicity and sex, and the calculated pronouns (docs/epic-notes.md §3.12)."""
+    legal = "female" if gender == "female" else "male"
+    sex = c.coding(c.EPIC_LEGAL_SEX, legal, legal)
+    race, race_display, race_text = _RACES[_pick(patient_id, "race", len(_RACES))]
+    pronoun_code, pronoun_text = _PRONOUNS[legal]
+    return [
+        {"valueCodeableConcept": {"coding": [sex], "text": legal.title()}, "url": c.EXT_LEGAL_SEX},
+        {"valueCodeableConcept": {"coding": [sex]}, "url": c.EXT_SEX_FOR_CLINICAL_USE},
+        {
+            "extension": [
+                {"valueCoding": c.coding(c.OMB_RACE, race, race_display), "url": "ombCategory"},
+                {"valueString": race_text, "url": "text"},
+            ],
+            "url": c.EXT_US_CORE_RACE,
+        },
+        {"extension": [{"valueString": "Unknown", "url": "text"}], "url": c.EXT_US_CORE_ETHNICITY},
+        {"valueCode": _SNOMED_SEX[legal], "url": c.EXT_US_CORE_SEX},
+        {
+            "valueCodeableConcept": {"coding": [c.coding(c.LOINC, pronoun_code, pronoun_text)]},
+            "url": c.EXT_PRONOUNS,
+        },
+    ]
+
+
+def _patient_identifiers(patient_id: str, ids: dict[str, str], internal: str) -> list[dict[str, Any]]:
+    """Epic's identifier set in Epic's order: CEID, EPIC (MRN), EXTERNAL, FHIR (DSTU2), FHIR STU3, INTERNAL,
+    EPI, MYCHARTLOGIN, WPRINTERNAL (docs/epic-notes.md §3.12)."""
+
+    def ident(kind: str, system: str, value: str, coding: dict[str, Any] | None = None) -> dict[str, Any]:
+        kind_type: dict[str, Any] = {"coding": [coding], "text": kind} if coding else {"text": kind}
+        return {"use": "usual", "type": kind_type, "system": system, "value": value}
+
+    out: list[dict[str, Any]] = []
+    if "CEID" in ids:
+        out.append(ident("CEID", c.ID_CEID, ids["CEID"]))
+    if "EPIC" in ids:
+        out.append(ident("EPIC", c.ID_EPIC_MRN, ids["EPIC"]))
+    # EXTERNAL is the INTERNAL id without its padding, typed as CARIN's "um" (unique member id).
+    out.append(ident("EXTERNAL", c.ID_INTERNAL, internal, c.coding(c.C4BB_IDENTIFIER_TYPE, "um")))
+    out.append(ident("FHIR", c.ID_DSTU2, ids.get("DSTU2") or dstu2_id(patient_id)))
+    out.append(ident("FHIR STU3", c.ID_STU3, patient_id))
+    # INTERNAL ids are right-aligned, padded with spaces, as Epic sends them.
+    out.append(ident("INTERNAL", c.ID_INTERNAL, internal.rjust(10)))
+    if "EPI" in ids:
+        out.append(ident("EPI", c.ID_EPI, ids["EPI"]))
+    if "MYCHARTLOGIN" in ids:
+        out.append(ident("MYCHARTLOGIN", c.ID_MYCHART, ids["MYCHARTLOGIN"]))
+    out.append(ident("WPRINTERNAL", c.ID_WPR_INTERNAL, str(100 + _pick(patient_id, "wpr", 9000))))
+    return out
 
 
 def patient_resource(
@@ -104,49 +181,33 @@ def patient_resource(
     ids: dict[str, str],
     rng: random.Random,
 ) -> dict[str, Any]:
-    """A Patient with Epic's identifier set and legal-sex extension (docs/epic-notes.md §3.12)."""
-    identifiers: list[dict[str, Any]] = []
-    for kind in ("CEID", "EPIC", "EPI", "MYCHARTLOGIN"):
-        if kind in ids:
-            identifiers.append(
-                {"use": "usual", "type": {"text": kind}, "system": _ID_SYSTEMS[kind], "value": ids[kind]}
-            )
-    # INTERNAL ids are right-aligned, padded with spaces, as Epic sends them.
+    """A Patient shaped like Epic's: its extensions, identifier set, ranked telecom, ``deceasedBoolean`` and
+    address text (docs/epic-notes.md §3.12)."""
     internal = ids.get("INTERNAL") or f"Z{rng.randrange(1000, 99999)}"
-    identifiers.append(
-        {"use": "usual", "type": {"text": "INTERNAL"}, "system": c.ID_INTERNAL, "value": internal.rjust(10)}
-    )
-    if "DSTU2" in ids:
-        identifiers.append({"use": "usual", "system": c.ID_DSTU2, "value": ids["DSTU2"]})
-    identifiers.append({"use": "usual", "system": c.ID_STU3, "value": patient_id})
     text = " ".join((*given, family))
     street = f"{rng.randrange(100, 9999)} {c.STREETS[rng.randrange(len(c.STREETS))]}"
     city, state, postal = c.CITIES[rng.randrange(len(c.CITIES))]
-    legal = "female" if gender == "female" else "male"
     return {
         "resourceType": "Patient",
         "id": patient_id,
-        "extension": [
-            {
-                "valueCodeableConcept": {"coding": [c.coding(c.EPIC_LEGAL_SEX, legal, legal.title())]},
-                "url": c.EXT_LEGAL_SEX,
-            }
-        ],
-        "identifier": identifiers,
+        "extension": _patient_extensions(patient_id, gender),
+        "identifier": _patient_identifiers(patient_id, ids, internal),
         "active": True,
         "name": [
             {"use": "official", "text": text, "family": family, "given": list(given)},
             {"use": "usual", "text": f"{given[0]} {family}", "family": family, "given": [given[0]]},
         ],
         "telecom": [
-            {"system": "phone", "value": f"608-555-{rng.randrange(1000, 9999)}", "use": "home"},
+            {"system": "phone", "value": f"608-555-{rng.randrange(1000, 9999)}", "use": "home", "rank": 2},
             {"system": "email", "value": f"{given[0].lower()}.{family.lower()}@example.com", "rank": 1},
         ],
         "gender": gender,
         "birthDate": birth_date,
+        "deceasedBoolean": False,
         "address": [
             {
                 "use": "home",
+                "text": f"{street}\r\n{city.upper()} {state} {postal}\r\nUnited States of America",
                 "line": [street],
                 "city": city,
                 "district": "DANE",
@@ -159,6 +220,7 @@ def patient_resource(
         "maritalStatus": {"text": "Single"},
         "communication": [
             {
+                "extension": [_PROFICIENCY],
                 "language": {"coding": [c.coding("urn:ietf:bcp:47", "en", "English")], "text": "English"},
                 "preferred": True,
             }
@@ -171,6 +233,19 @@ def patient_resource(
             "display": "Epic Hospital System",
         },
     }
+
+
+_PROFICIENCY = {
+    "extension": [
+        {
+            "valueCoding": c.coding(
+                "http://terminology.hl7.org/CodeSystem/v3-LanguageAbilityMode", "ESP", "Expressed spoken"
+            ),
+            "url": "type",
+        }
+    ],
+    "url": "http://hl7.org/fhir/StructureDefinition/patient-proficiency",
+}
 
 
 def generated_patient(index: int, rng: random.Random) -> tuple[dict[str, Any], str]:

@@ -67,6 +67,7 @@ class FhirServer:
         session_ttl: float,
         seed: int = 0,
         warn_unknown: bool = False,
+        outside_records: bool = True,
     ) -> None:
         self.dataset = dataset
         self.oauth = oauth
@@ -77,6 +78,8 @@ class FhirServer:
         self.page_size = page_size
         self.max_page_size = max_page_size
         self.warn_unknown = warn_unknown
+        #: Epic's "Outside Record" 59204 warnings on clinical searchsets (docs/epic-notes.md §3.6).
+        self.outside_records = outside_records
         self.pager = Pager(
             resources=dataset.resources, base_url=base_url, clock=clock, ttl=session_ttl, seed=seed
         )
@@ -181,6 +184,7 @@ class FhirServer:
             self.dataset.by_patient,
             allowed=self.oauth.allowed_types(client_id),
             warn_unknown=self.warn_unknown,
+            outside_records=self.outside_records,
         )
         if isinstance(result, SearchFailure):
             return fhir_response(request, outcome(*result.issues), result.status)

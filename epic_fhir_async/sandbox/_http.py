@@ -17,6 +17,7 @@ from .. import _json
 from .._config import EPIC_OUTCOME_SYSTEM
 
 __all__ = [
+    "EPIC_TEXT",
     "FHIR_JSON_UTF8",
     "JSON_UTF8",
     "Request",
@@ -31,6 +32,20 @@ __all__ = [
 
 FHIR_JSON_UTF8 = "application/fhir+json; charset=utf-8"
 JSON_UTF8 = "application/json; charset=utf-8"
+
+#: Epic's display text for the codes whose text has been recorded from its servers (docs/epic-notes.md §3.8);
+#: it is both ``details.coding[0].display`` and ``details.text``.
+EPIC_TEXT: dict[str, str] = {
+    "4101": "Resource request returns no results.",
+    "4113": "Session ID for cached search results has expired.",
+    "59008": "The FHIR ID provided was not found.",
+    "59100": "Content invalid against the specification or a profile.",
+    "59159": "The content/operation failed to pass a business rule, and so could not proceed.",
+    "59204": "The authenticated client's search request applies to a sub-resource that the client is not "
+    "authorized for. Results of this sub-type will not be returned.",
+    "59205": "The authenticated user's search request applies to a sub-resource that the user is not authorized "
+    "to view. Results of this sub-type will not be returned.",
+}
 
 
 @dataclass
@@ -135,7 +150,12 @@ def outcome_issue(
     location: Iterable[str] = (),
     expression: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """One OperationOutcome issue as Epic writes it (details.coding in Epic's OID system + details.text)."""
+    """One OperationOutcome issue as Epic writes it (details.coding in Epic's OID system + details.text).
+
+    Epic pairs each ``location`` of the form ``/f:<path>`` with an ``expression`` ``<path>`` (``/f:id`` and
+    ``id``, ``/f:demographics/_id`` and ``demographics/_id``, docs/epic-notes.md §3.8): unless given, the
+    expression is derived that way.
+    """
     issue: dict[str, Any] = {
         "severity": severity,
         "code": code,
@@ -146,9 +166,11 @@ def outcome_issue(
     }
     if diagnostics is not None:
         issue["diagnostics"] = diagnostics
-    if loc := list(location):
+    loc = list(location)
+    expr = list(expression) or [item[3:] for item in loc if item.startswith("/f:")]
+    if loc:
         issue["location"] = loc
-    if expr := list(expression):
+    if expr:
         issue["expression"] = expr
     return issue
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
+import math
 import random
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -38,6 +40,9 @@ from ._oauth_wire import (
 __all__ = ["BearerCheck", "OAuthServer"]
 
 _MAX_FAILURES_KEPT = 50
+
+#: Refusals are logged here (INFO): ``epic-fhir sandbox`` shows them, since Epic's answer never says why.
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ class OAuthServer(ClientRegistry):
         """
         self.failures.append(reason)
         self.stats[f"token_failures:{reason}"] += 1
+        logger.info("token request refused: %s", reason)
 
     def describe_token(self, token: str) -> dict[str, Any] | None:
         """``client_id``, ``exp``, ``iat`` and (backend clients) ``scope`` of a live access token, else None.
@@ -174,6 +180,13 @@ class OAuthServer(ClientRegistry):
         if not self.knows(client_id):
             raise KeyError(f"unknown client {client_id!r}")
         return self._mint(client_id, self.token_lifetime if lifetime is None else lifetime)
+
+    def accept_static_token(self, token: str, client_id: str) -> None:
+        """Accept ``token`` as a bearer token of the registered ``client_id`` until the sandbox stops (it never
+        expires): for tools that take a fixed token (``epic-fhir sandbox --static-token``)."""
+        if not token or not self.knows(client_id):
+            raise KeyError(f"unknown client {client_id!r}" if token else "empty token")
+        self._tokens[token] = _Token(client_id, math.inf)
 
     # -- HTTP -------------------------------------------------------------------------------------------
     def handle(self, request: Request, subpath: str) -> Response:
@@ -258,6 +271,9 @@ class OAuthServer(ClientRegistry):
             record = None
         if record is None or not self.knows(record.client_id):
             self.stats["bearer_failures"] += 1
+            logger.info(
+                "bearer token refused (401): %s", "no bearer token" if token is None else "unknown or expired"
+            )
             return BearerCheck(None, bearer_failure(401, INVALID_TOKEN))
         types = self.allowed_types(record.client_id)
         if (
@@ -266,5 +282,8 @@ class OAuthServer(ClientRegistry):
             and not any(t == resource_type or t.startswith(resource_type + "?") for t in types)
         ):
             self.stats["bearer_failures"] += 1
+            logger.info(
+                "bearer token refused (403): client %s may not use %s", record.client_id, resource_type
+            )
             return BearerCheck(None, bearer_failure(403, INSUFFICIENT_SCOPE))
         return BearerCheck(record.client_id, None)

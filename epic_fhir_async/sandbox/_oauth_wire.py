@@ -3,8 +3,8 @@
 Every token failure is a bare ``{"error": ..., "error_description": null}`` (400, docs/epic-notes.md §1.7);
 token responses carry ``Cache-Control: no-store``. A missing, bad or expired bearer token gets 401 with a JSON
 content type and a ``WWW-Authenticate`` challenge (403 ``insufficient_scope`` for a type the client may not
-read, docs/epic-notes.md §3.7). Epic's 401 body is the two bytes ``""``; the sandbox sends an empty body, so
-it differs there. A client assertion's ``jti`` is single-use until its ``exp`` (docs/epic-notes.md §1.4).
+read, docs/epic-notes.md §3.7). The 401 body is Epic's two bytes ``""`` (a JSON empty string), the 403 body is
+empty: neither carries an OperationOutcome. A client assertion's ``jti`` is single-use until its ``exp`` (docs/epic-notes.md §1.4).
 Epic's tokens, codes and launch tokens are JWT-shaped (docs/epic-notes.md §1.6, §2.2): :func:`b64url` builds
 them.
 """
@@ -21,6 +21,7 @@ from ._http import JSON_UTF8, Response, json_response
 __all__ = [
     "INSUFFICIENT_SCOPE",
     "INVALID_TOKEN",
+    "UNAUTHORIZED_BODY",
     "JtiCache",
     "b64url",
     "bearer_failure",
@@ -53,12 +54,19 @@ def token_response(body: Mapping[str, Any]) -> Response:
     )
 
 
-def bearer_failure(status: int, challenge: str) -> Response:
-    """Epic's JSON content type and challenge (docs/epic-notes.md §3.7), with an empty body.
+#: Epic's 401 body: a JSON empty string, not an empty body (docs/epic-notes.md §3.7). A client that explains
+#: a 401 only when the body is empty calls it "a non-FHIR body" instead.
+UNAUTHORIZED_BODY = b'""'
 
-    Epic's 401 body is the two bytes ``""``, so the sandbox differs there.
+
+def bearer_failure(status: int, challenge: str) -> Response:
+    """Epic's JSON content type and challenge (docs/epic-notes.md §3.7); no OperationOutcome.
+
+    The 401 body is the two bytes ``""`` as at Epic; a 403's is empty (Epic's 403s are seen empty, never
+    with an OperationOutcome).
     """
-    return Response(status, [("content-type", JSON_UTF8), ("www-authenticate", challenge)], b"")
+    body = UNAUTHORIZED_BODY if status == 401 else b""
+    return Response(status, [("content-type", JSON_UTF8), ("www-authenticate", challenge)], body)
 
 
 def b64url(data: bytes) -> str:

@@ -57,6 +57,7 @@ class Session:
     expires_at: float
     revincludes: tuple[str, ...] = ()
     pages: dict[int, bytes] = field(default_factory=dict)
+    trailing: list[bytes] = field(default_factory=list)  # the outcome entry, sent with the last page
 
 
 class Pager:
@@ -212,17 +213,24 @@ class Pager:
         self._counter += 1
         token = f"{self._rng.getrandbits(128):032X}"
         self._sessions[token] = Session(
-            rtype, list(ids), page_size, tuple(includes), self._clock.now() + self.ttl, tuple(revincludes)
+            rtype,
+            list(ids),
+            page_size,
+            tuple(includes),
+            self._clock.now() + self.ttl,
+            tuple(revincludes),
+            trailing=trailing,
         )
         while len(self._sessions) > _MAX_SESSIONS:
             self._sessions.popitem(last=False)
         entries = [self._entry(rtype, rid, base) for rid in ids[:page_size]]
         entries += self._included(rtype, ids[:page_size], includes, base)
         entries += self._revincluded(rtype, ids[:page_size], revincludes, base)
-        links = [self_link, {"relation": "next", "url": f"{base}/{rtype}?sessionID=1-{token}"}]
-        # Paged bundles report the entries on this page as total (docs/epic-notes.md §3.5); outcomes ride on
-        # the first page.
-        return self._bundle(page_size, links, entries + trailing)
+        # Epic lists next before self on a paged Bundle, and its first page of a paged search carries no
+        # outcome entry (docs/epic-notes.md §3.5, §3.6): the warnings come with the last page here.
+        links = [{"relation": "next", "url": f"{base}/{rtype}?sessionID=1-{token}"}, self_link]
+        # Paged bundles report the entries on this page as total (docs/epic-notes.md §3.5).
+        return self._bundle(page_size, links, entries)
 
     def session_page(self, rtype: str, session_id: str) -> bytes | None:
         """A later page, or None when the session is unknown or expired (the caller answers 4113)."""
@@ -246,11 +254,14 @@ class Pager:
             rid for rid in session.ids[start : start + session.page_size] if rid in self._resources[rtype]
         ]
         links = [{"relation": "self", "url": f"{base}/{rtype}?sessionID={session_id}"}]
-        if start + session.page_size < len(session.ids):
-            links.append({"relation": "next", "url": f"{base}/{rtype}?sessionID={page + 1}-{token}"})
+        last = start + session.page_size >= len(session.ids)
+        if not last:
+            links.insert(0, {"relation": "next", "url": f"{base}/{rtype}?sessionID={page + 1}-{token}"})
         entries = [self._entry(rtype, rid, base) for rid in chunk]
         entries += self._included(rtype, chunk, session.includes, base)
         entries += self._revincluded(rtype, chunk, session.revincludes, base)
+        if last:
+            entries += session.trailing
         body = self._bundle(len(chunk), links, entries)
         session.pages[page] = body
         return body

@@ -9,9 +9,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._http import outcome_issue
+from ._http import EPIC_TEXT, outcome_issue
 
-__all__ = ["PATIENT_DEMOGRAPHICS", "SearchFailure", "SearchResult", "fatal", "patient_search"]
+__all__ = [
+    "PATIENT_DEMOGRAPHICS",
+    "SearchFailure",
+    "SearchResult",
+    "fatal",
+    "identifier_match",
+    "patient_search",
+]
 
 PATIENT_DEMOGRAPHICS = frozenset(
     {"family", "given", "name", "birthdate", "gender", "address", "address-city", "address-postalcode",
@@ -47,20 +54,28 @@ def patient_search(
 
     Epic's Patient search rules: docs/epic-notes.md §3.3.
     """
-    demo = [name for name in values if name in PATIENT_DEMOGRAPHICS]
-    if "_id" not in values and "identifier" not in values and not demo:
-        return fatal(
-            400, "business-rule", "59159", "Business rule failed.",
-            "This resource requires demographics or _id parameter for searching.",
-            location=["/f:demographics/_id"],
-        )  # fmt: skip
+    issues: list[dict[str, Any]] = []
     births = values.get("birthdate", [])
     if len(births) > 1 or any(b[:2].isalpha() and b[:2] != "eq" for b in births):
-        return fatal(
-            400, "value", "59111", "Required element has an invalid value.",
-            "A single valid date is required for birthdate",
-            location=["/f:birthdate"],
+        # docs/epic-notes.md §3.3: a birthdate range is refused and the birthdate dropped; with nothing else
+        # to search by, Epic adds the demographics issue too (two issues, one 400).
+        issues.append(
+            outcome_issue(
+                "fatal", "value", "59111", "Required element has an invalid value.",
+                diagnostics="A single valid date is required for birthdate", location=["/f:birthdate"],
+            )
         )  # fmt: skip
+    demo = [name for name in values if name in PATIENT_DEMOGRAPHICS and not (issues and name == "birthdate")]
+    if "_id" not in values and "identifier" not in values and not demo:
+        issues.append(
+            outcome_issue(
+                "fatal", "business-rule", "59159", EPIC_TEXT["59159"],
+                diagnostics="This resource requires demographics or _id parameter for searching.",
+                location=["/f:demographics/_id"],
+            )
+        )  # fmt: skip
+    if issues:
+        return SearchFailure(400, issues)
     if "_id" in values:
         wanted = {i for v in values["_id"] for i in v.split(",")}
         candidates = [i for i in pool if i in wanted]
@@ -68,18 +83,20 @@ def patient_search(
         candidates = list(pool)
     if "identifier" in values:
         candidates = [
-            i for i in candidates if all(_identifier_match(pool[i], v) for v in values["identifier"])
+            i for i in candidates if all(identifier_match(pool[i], v) for v in values["identifier"])
         ]
     elif "_id" not in values and len(set(demo)) < 2:
         return SearchResult([])  # only strong demographic matches are returned
     return SearchResult([i for i in candidates if all(_demo_match(pool[i], n, values[n]) for n in demo)])
 
 
-def _identifier_match(patient: dict[str, Any], raw: str) -> bool:
+def identifier_match(patient: dict[str, Any], raw: str) -> bool:
+    """``value``, ``system|value`` or, as Epic also takes, ``<ID type>|value`` (``EPI|203711``)."""
     system, bar, value = raw.rpartition("|")
     for ident in patient.get("identifier", []):
         text = str(ident.get("value", "")).strip()
-        if text == value.strip() and (not bar or not system or ident.get("system") == system):
+        kind = ident.get("type", {}).get("text") if isinstance(ident.get("type"), dict) else None
+        if text == value.strip() and (not bar or not system or system in (ident.get("system"), kind)):
             return True
     return False
 
@@ -101,6 +118,11 @@ def _demo_match(patient: dict[str, Any], name: str, raws: list[str]) -> bool:
                 return False
         elif name in ("gender", "legal-sex"):
             if patient.get("gender") != want:
+                return False
+        elif name == "own-prefix":
+            if not any(
+                p.lower().startswith(want) for n in patient.get("name", []) for p in n.get("prefix", [])
+            ):
                 return False
         elif name in ("telecom", "phone", "email"):
             if not any(want in str(t.get("value", "")).lower() for t in patient.get("telecom", [])):

@@ -8,8 +8,6 @@ Kept apart from the endpoints so the authorize side (:mod:`._smart`) and the tok
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +16,7 @@ from typing import Any
 from joserfc.jwk import KeySet
 
 from .. import _json
-from ._data_people import NAMED_PATIENTS, NAMED_PRACTITIONERS
+from ._data_people import NAMED_PATIENTS, NAMED_PRACTITIONERS, dstu2_id
 from ._oauth_wire import b64url
 
 __all__ = [
@@ -110,11 +108,7 @@ def check_login(username: str, password: str) -> Identity | None:
 
 def dstu2_patient_id(fhir_id: str) -> str:
     """``__epic.dstu2.patient``: the real DSTU2 id for Epic's named patients, a stable made-up one otherwise."""
-    known = _DSTU2_IDS.get(fhir_id)
-    if known is not None:
-        return known
-    digest = base64.urlsafe_b64encode(hashlib.sha256(fhir_id.encode()).digest()).decode("ascii")
-    return "T" + digest[:43].replace("_", ".") + "B"
+    return _DSTU2_IDS.get(fhir_id) or dstu2_id(fhir_id)
 
 
 @dataclass

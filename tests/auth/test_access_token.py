@@ -6,7 +6,12 @@ import pytest
 
 from epic_fhir_async import TokenRequestError
 from epic_fhir_async.auth import AccessToken
-from epic_fhir_async.auth._token import DEFAULT_TOKEN_LIFETIME, parse_scopes, parse_token_response
+from epic_fhir_async.auth._token import (
+    DEFAULT_TOKEN_LIFETIME,
+    MIN_TOKEN_LIFETIME,
+    parse_scopes,
+    parse_token_response,
+)
 
 
 def _parse(data: object) -> AccessToken:
@@ -40,7 +45,9 @@ def test_expires_in_drives_expiry_and_lifetime() -> None:
         (3.5, 3.5),
         ("soon", DEFAULT_TOKEN_LIFETIME),
         (None, DEFAULT_TOKEN_LIFETIME),
-        (-5, 0.0),
+        (-5, MIN_TOKEN_LIFETIME),  # a floor: a token that expires at once cost a token request per request
+        (0, MIN_TOKEN_LIFETIME),
+        (0.001, MIN_TOKEN_LIFETIME),
     ],
 )
 def test_expires_in_is_parsed_leniently(raw: object, expected: float) -> None:

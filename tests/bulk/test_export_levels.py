@@ -106,6 +106,7 @@ async def test_each_level_kicks_off_at_its_path_then_polls_and_downloads(
         auth=StaticTokenAuth(TOKEN),
         transport=httpx.MockTransport(server),
         retry=RetryPolicy(max_attempts=1),
+        epic_rules=False,  # a server with these levels and _since is not Epic
     ) as client:
         job = await client.bulk_export(
             **level,

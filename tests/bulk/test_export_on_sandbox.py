@@ -9,12 +9,20 @@ from typing import Any
 import anyio
 import pytest
 
-from epic_fhir_async import BulkExportError, BulkExportTooSoon, EpicFHIRClient, FHIRStatusError
+from epic_fhir_async import (
+    BulkExportError,
+    BulkExportTooSoon,
+    ConfigurationError,
+    EpicFHIRClient,
+    FHIRStatusError,
+    StaticTokenAuth,
+)
+from epic_fhir_async._retry import RetryPolicy
 from epic_fhir_async.bulk._download import SIDECAR_NAME, BulkTransferStats
 from epic_fhir_async.bulk._manifest import BulkProgress
 from epic_fhir_async.sandbox import EpicSandbox
 
-from .conftest import FAST, TYPES, advance_each_poll, drain, make_client
+from .conftest import CLIENT_ID, FAST, TYPES, advance_each_poll, drain, make_client
 
 pytestmark = pytest.mark.anyio
 
@@ -213,9 +221,28 @@ async def test_patient_level_export_is_refused_at_epic(client: EpicFHIRClient) -
         await client.bulk_export()
 
 
-async def test_since_is_passed_through_and_refused_by_epic(client: EpicFHIRClient, group_id: str) -> None:
-    with pytest.raises(BulkExportError) as info:
+async def test_since_is_refused_before_the_kickoff_because_epic_rejects_it(
+    sandbox: EpicSandbox, client: EpicFHIRClient, group_id: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="_since"):
         await client.bulk_export(group_id, types=["Patient"], since="2024-01-01T00:00:00Z")
+    with pytest.raises(ConfigurationError, match="type_filters"):
+        await client.bulk_export(group_id, extra_params={"_since": "2024-01-01T00:00:00Z"})
+    assert sandbox.stats["bulk_kickoffs"] + sandbox.stats["bulk_kickoff_errors"] == 0  # nothing was sent
+
+
+async def test_since_reaches_the_server_when_epic_rules_are_off(sandbox: EpicSandbox, group_id: str) -> None:
+    client = EpicFHIRClient(
+        sandbox.base_url,
+        auth=StaticTokenAuth(sandbox.issue_token(client_id=CLIENT_ID, lifetime=1e9)),
+        transport=sandbox.transport(),
+        retry=RetryPolicy(max_attempts=1),
+        epic_rules=False,
+    )
+    async with client:
+        with pytest.raises(BulkExportError) as info:
+            await client.bulk_export(group_id, types=["Patient"], since="2024-01-01T00:00:00Z")
+    assert sandbox.stats["bulk_kickoff_errors"] == 1
     assert info.value.status_code == 400
     assert info.value.operation_outcome is not None
     # The parameter named by diagnostics is on the outcome, not in str(): diagnostics may hold patient data.

@@ -70,6 +70,6 @@ def test_a_failed_bulk_step_fails_the_demo(
     # One line naming the failure, and no success line or files for the bulk step.
     failed = [line for line in text.splitlines() if line.startswith("Bulk $export")]
     assert len(failed) == 1, text
-    assert failed[0].startswith("Bulk $export failed: BulkExportError: the $export kick-off was refused")
+    assert failed[0].startswith("Bulk $export failed: the $export kick-off was refused")
     assert "404" in failed[0]
     assert not list((out / "bulk").glob("*.ndjson"))

@@ -1,24 +1,18 @@
-"""``epic-fhir keys generate|jwks`` and ``epic-fhir token`` through the real argument parser."""
+"""``epic-fhir keys generate|jwks`` through the real argument parser, and ``epic-fhir token`` as a person runs
+it (a subprocess against ``epic-fhir sandbox`` on 127.0.0.1)."""
 
 from __future__ import annotations
 
 import json
+import re
 import stat
 from pathlib import Path
 
-import httpx
 import pytest
 
 from epic_fhir_async.auth import generate_private_key, load_private_keys, private_key_pem
-from epic_fhir_async.cli import _token
 from epic_fhir_async.cli._main import main
-from tests.conftest import FakeEpic
-
-
-@pytest.fixture
-def fake() -> FakeEpic:
-    """The fake Epic token server, with no key registered: each test registers the one it signs with, or none."""
-    return FakeEpic(public_jwks={"keys": []})
+from tests.cli.conftest import SERVED_CLIENT, ServedSandbox, Shell
 
 
 @pytest.mark.parametrize("alg", ["RS384", "ES384"])
@@ -63,42 +57,31 @@ def test_keys_jwks_prints_public_keys_oldest_first(
     assert main(["keys", "jwks", str(tmp_path / "missing.pem")]) == 1
 
 
-def _use_fake(monkeypatch: pytest.MonkeyPatch, fake: FakeEpic) -> None:
-    monkeypatch.setattr(
-        _token, "_http_client", lambda: httpx.AsyncClient(transport=httpx.MockTransport(fake.handler))
-    )
-
-
 def test_token_command_prints_expiry_and_scopes_but_not_the_token(
-    fake: FakeEpic, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    served: ServedSandbox, shell: Shell
 ) -> None:
-    key = generate_private_key("RS384")
-    assert fake.public_jwks is not None
-    fake.public_jwks["keys"].append(key.public_jwk())
-    path = tmp_path / "key.pem"
-    path.write_bytes(private_key_pem(key))
-    path.chmod(0o600)
-    _use_fake(monkeypatch, fake)
-    argv = ["token", "--base-url", fake.base, "--client-id", fake.client_id, "--key", str(path)]
-    assert main([*argv, "--scope", "system/Patient.read"]) == 0
-    out = capsys.readouterr().out
-    assert "expires in: 3600 s" in out
-    assert "system/Patient.read" in out
-    assert fake.token_url in out
-    assert fake.issued[0] not in out
-    assert main([*argv, "--show-token"]) == 0
-    assert fake.issued[1] in capsys.readouterr().out
+    argv = ["token", *served.auth]
+    result = shell(*argv, "--scope", "system/Patient.read")
+    assert result.status == 0, str(result)
+    assert "expires in: 3600 s" in result.out
+    assert "system/Patient.read" in result.out
+    assert f"token URL: {served.token_url}" in result.out
+    assert "access token" not in result.out
+    assert not re.search(r"eyJ[\w-]{20,}", result.out)  # no JWT-shaped string
+    shown = shell(*argv, "--show-token")
+    assert shown.status == 0, str(shown)
+    assert re.search(r"^access token: eyJ[\w-]+\.[\w-]+\.[\w-]+$", shown.out, re.MULTILINE), str(shown)
 
 
-def test_token_command_reports_epic_errors_with_the_hint(
-    fake: FakeEpic, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "unregistered.pem"
-    path.write_bytes(private_key_pem(generate_private_key("RS384")))
-    path.chmod(0o600)
-    _use_fake(monkeypatch, fake)
-    code = main(["token", "--base-url", fake.base, "--client-id", fake.client_id, "--key", str(path)])
-    assert code == 1
-    err = capsys.readouterr().err
-    assert "invalid_client" in err
-    assert "Hint:" in err
+def test_token_command_reports_epic_errors_with_the_hint(served: ServedSandbox, shell: Shell) -> None:
+    other = shell.cwd / "unregistered"
+    assert shell("keys", "generate", "--alg", "ES384", "--out", other).status == 0
+    result = shell("token", "--base-url", served.base_url, "--client-id", SERVED_CLIENT, "--key",
+                   other / "private_key.pem")  # fmt: skip
+    assert result.status == 1, str(result)
+    assert result.err.startswith("epic-fhir token: token request to ")
+    assert "invalid_client" in result.err
+    assert "Hint:" in result.err
+    assert (
+        "token request refused: unknown_kid (the assertion's kid is not in the client's JWK Set" in served.log
+    )

@@ -85,7 +85,7 @@ class _Group(Exception):
         (
             PermissionError(13, "Permission denied", "/out"),
             1,
-            "epic-fhir pull: error: Permission denied: /out",
+            "epic-fhir pull: Permission denied: /out",
         ),
     ],
 )
@@ -210,7 +210,7 @@ def test_progress_in_a_pipe_is_plain_lines_without_control_codes() -> None:
         display(_progress())
         display(_progress(event="finished"))
     text = buffer.getvalue()
-    assert text == "Pulling: 4/10 streams · 1 patients · 1,234 resources · retries 2 · errors 1 · 12 s\n"
+    assert text == "Pulling: 4/10 streams · 1 patient · 1,234 resources · retries 2 · errors 1 · 12 s\n"
 
     buffer = io.StringIO()
     with PlainProgress(Console(file=buffer, width=40), every=3600.0) as progress:

@@ -4,6 +4,7 @@ that is not a terminal."""
 
 from __future__ import annotations
 
+import re
 import socket
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ from epic_fhir_async.cli._main import main
 from epic_fhir_async.cli._pull_sink import STATE_DIR, NDJSONSink
 from epic_fhir_async.sandbox import EpicSandbox, SandboxConfig
 from epic_fhir_async.sandbox._data import build_dataset
+from tests.cli.conftest import SERVED_CLIENT, KeyPair, ServedSandbox, Shell
 
 if TYPE_CHECKING:
     from tests.cli.conftest import CLISandbox, Run
@@ -334,3 +336,42 @@ def test_crash_then_resume_gives_the_clean_files_without_duplicates(
     monkeypatch.setattr(NDJSONSink, "add", real_add)
     assert main([*args, "--out", str(out), "--resume"]) == 0
     assert read_out(out) == expected
+
+
+# -- as a person runs it -------------------------------------------------------------------------------------
+def _row(text: str, rtype: str) -> list[str]:
+    found = re.search(rf"│ {rtype}\s+│(.*)│\s*$", text, re.MULTILINE)
+    assert found is not None, text
+    return [cell.strip() for cell in found[1].split("│")]
+
+
+def test_after_resume_the_summary_shows_this_run_and_the_whole_files(
+    served_key: KeyPair, served: ServedSandbox, shell: Shell
+) -> None:
+    patients = ["--patients", "erXuFYUfucBZaryVksYEcMg3", "eq081-VQEgP8drUUqCWzHfw3"]
+    # Run 1: the client may read Patient only, so both Condition searches are refused (403) and kept for later.
+    narrow = ServedSandbox(served_key, "--client-types", f"{SERVED_CLIENT}=Patient")
+    try:
+        first = shell("pull", *narrow.auth, *patients, *TYPES, "--out", "o")
+    finally:
+        narrow.stop()
+    assert first.status == 1, str(first)
+    assert "2 streams failed" in first.err
+    assert _row(first.out, "Patient") == ["2", "Patient.ndjson", _row(first.out, "Patient")[2]]
+
+    # Run 2 (another server, the same registration): only the two Condition streams run.
+    second = shell("pull", *served.auth, *patients, *TYPES, "--out", "o", "--resume")
+    assert second.status == 0, str(second)
+    assert "Resuming: 2 streams already complete in o" in second.out
+    header = next(line for line in second.out.splitlines() if "resource type" in line)
+    assert [cell.strip() for cell in header.strip("┃ ").split("┃")][:3] == [
+        "resource type",
+        "this run",
+        "in file",
+    ]
+    conditions = len((shell.cwd / "o" / "Condition.ndjson").read_bytes().splitlines())
+    assert conditions > 0
+    assert _row(second.out, "Patient")[:3] == ["0", "2", "Patient.ndjson"]
+    assert _row(second.out, "Condition")[:3] == [f"{conditions:,}", f"{conditions:,}", "Condition.ndjson"]
+    assert "2 patients · 2 of 4 streams done, 2 skipped (already complete) · " in second.out
+    assert " this run · " in second.out

@@ -7,7 +7,6 @@ Condition and Observation searches fail, so errors must be 2). Per-type counts m
 
 from __future__ import annotations
 
-import functools
 import io
 import re
 from collections import Counter
@@ -87,11 +86,12 @@ def check_summary(text: str, on_disk: dict[str, int]) -> None:
     assert int(total[1].replace(",", "")) == sum(on_disk.values())
 
 
-def check_facts(text: str, pull: Pull, on_disk: dict[str, int]) -> None:
-    """The run-facts line after the table, and one line per failed stream naming the missing patient."""
+def check_facts(text: str, err: str, pull: Pull, on_disk: dict[str, int]) -> None:
+    """The run-facts line after the table, and on stderr one line per failed stream naming the missing patient
+    (with what went wrong, and no retry suggested: a 400 fails again)."""
     facts = re.search(
-        r"(\d+) patients · (\d+) streams done · [\d,]+ pages · ([\d,]+) resources in .* · retries (\d+) · "
-        r"errors (\d+)",
+        r"(\d+) patients · (\d+) of \d+ streams done · [\d,]+ pages · ([\d,]+) resources in .* · "
+        r"retries (\d+) · errors (\d+)",
         text,
     )
     assert facts is not None, text
@@ -106,12 +106,16 @@ def check_facts(text: str, pull: Pull, on_disk: dict[str, int]) -> None:
         expected_retries,
         MISSING_FAILURES,
     )
-    assert f"{MISSING_FAILURES} stream(s) failed" in text
-    failed = re.findall(rf"patient {MISSING} · (\S+): BadRequest", text)
+    assert f"epic-fhir pull: {MISSING_FAILURES} streams failed:" in err
+    failed = re.findall(rf"patient {MISSING} · (\S+): 400 Bad Request for GET ", err)
     assert sorted(failed) == ["Condition", "Observation?category=vital-signs"]
+    assert "a retry fails the same way until their cause is fixed" in err
+    assert "--resume" not in err
 
 
-def test_live_display_and_summary_on_a_terminal(pull: Pull, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_live_display_and_summary_on_a_terminal(
+    pull: Pull, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     console = Console(file=io.StringIO(), record=True, force_terminal=True, width=200, color_system=None)
     monkeypatch.setattr(cli_pull, "make_console", lambda: console)
     assert main(pull.args) == 1  # failed streams make the exit status 1
@@ -136,20 +140,23 @@ def test_live_display_and_summary_on_a_terminal(pull: Pull, monkeypatch: pytest.
         MISSING_FAILURES,
     )
     check_summary(text, on_disk)
-    check_facts(text, pull, on_disk)
+    check_facts(text, capsys.readouterr().err, pull, on_disk)
 
 
 def test_plain_lines_and_summary_when_piped(
     pull: Pull, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Piped: no bar, a plain line every `plain_every` seconds; 0 prints one per event, so the run shows them.
-    monkeypatch.setattr(cli_pull, "PullDisplay", functools.partial(PullDisplay, plain_every=0.0))
+    def every_event(console: Console, description: str, *, plain_every: float) -> PullDisplay:
+        return PullDisplay(console, description, plain_every=0.0)
+
+    monkeypatch.setattr(cli_pull, "PullDisplay", every_event)
     assert main(pull.args) == 1
-    text = capsys.readouterr().out
+    text, err = capsys.readouterr()
     assert "\x1b[" not in text  # no cursor movement or colour in a log file
     on_disk = files_per_type(pull.out)
     lines = re.findall(
-        r"^Pulling: (\d+)/(\S+) streams · (\d+) patients · ([\d,]+) resources · retries (\d+) · errors (\d+) · ",
+        r"^Pulling: (\d+)/(\S+) streams · (\d+) patients? · ([\d,]+) resources? · retries (\d+) · errors (\d+) · ",
         text,
         flags=re.MULTILINE,
     )
@@ -167,4 +174,4 @@ def test_plain_lines_and_summary_when_piped(
     )
     assert int(last[4]) == pull.sb.stats["faults:error"]
     check_summary(text, on_disk)
-    check_facts(text, pull, on_disk)
+    check_facts(text, err, pull, on_disk)

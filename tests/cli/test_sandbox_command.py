@@ -1,16 +1,22 @@
-"""``epic-fhir sandbox``: argument handling, and flags that reach the sandbox (its config, its clients). The
-server itself is exercised in tests/sandbox/ (``test_serve.py``, ``test_subprocess_server.py``)."""
+"""``epic-fhir sandbox``: argument handling, and flags that reach the sandbox (its config, its clients); then as a
+person runs it: the banner tells a client what it needs, ``--static-token`` serves tools that take a fixed token,
+and every refusal is logged with its reason. The server itself is exercised in tests/sandbox/ (``test_serve.py``,
+``test_subprocess_server.py``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
+import httpx
 import pytest
 from joserfc.jwk import RSAKey
 
+from epic_fhir_async.bulk import EPIC_SANDBOX_BULK_GROUP_ID
 from epic_fhir_async.cli import _sandbox
+from tests.cli.conftest import SERVED_CLIENT, KeyPair, ServedSandbox, Shell
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -119,3 +125,67 @@ def test_defaults_match_the_config_defaults() -> None:
 def test_bad_flags_exit_with_a_message(argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         _sandbox.build_sandbox(_parse("--patients", "0", *argv))
+
+
+# -- as a person runs it: the banner, the static token, the refusal log -------------------------------------
+def test_banner_says_what_a_client_needs_and_the_token_command_works(
+    served: ServedSandbox, shell: Shell
+) -> None:
+    fields = served.fields
+    assert fields["Group id"].startswith(EPIC_SANDBOX_BULK_GROUP_ID + " ")
+    first, second, third = (pid.strip() for pid in fields["Patient ids"].split(" and ")[0].split(","))
+    assert first == "erXuFYUfucBZaryVksYEcMg3"  # Camila Lopez, Epic's first sandbox patient
+    assert fields["Clients"] == SERVED_CLIENT
+    printed = fields["Get a token"].split("  (")[0].split()
+    assert printed[:2] == ["epic-fhir", "token"]
+    command = [str(served.key.private) if word == "KEY.pem" else word for word in printed[1:]]
+    result = shell(*command)
+    assert result.status == 0, str(result)
+    assert f"token URL: {served.token_url}" in result.out
+    pulled = shell(
+        "pull", *served.auth, "--patients", first, second, third, "--types", "Patient", "--out", "o"
+    )
+    assert pulled.status == 0, str(pulled)
+    assert len((shell.cwd / "o" / "Patient.ndjson").read_bytes().splitlines()) == 3
+    assert served.banner[-2:] == [
+        "Refused tokens are logged below with the reason (Epic's answer never says why).",
+        "Press Ctrl-C to stop.",
+    ]
+
+
+def test_static_token_works_for_other_tools_and_refusals_are_logged(
+    served_key: KeyPair, shell: Shell
+) -> None:
+    sandbox = ServedSandbox(served_key, "--static-token", "my-fixed-token")
+    try:
+        use = sandbox.fields["Use it"]
+        assert use.startswith("EPIC_FHIR_ACCESS_TOKEN=TOKEN epic-fhir pull --base-url ")
+        assert "my-fixed-token" not in "\n".join(sandbox.banner)  # never echoed
+        camila = "erXuFYUfucBZaryVksYEcMg3"
+        read = httpx.get(
+            f"{sandbox.base_url}/Patient/{camila}",
+            headers={"Authorization": "Bearer my-fixed-token", "Accept": "application/fhir+json"},
+        )
+        assert read.status_code == 200
+        env = {"EPIC_FHIR_ACCESS_TOKEN": "my-fixed-token"}
+        pulled = shell("pull", "--base-url", sandbox.base_url, "--patients", camila, "--types", "Patient",
+                       "Condition", "--out", "o", env=env)  # fmt: skip
+        assert pulled.status == 0, str(pulled)
+        assert sandbox.stats().get("token_requests", 0) == 0
+        refused = httpx.get(
+            f"{sandbox.base_url}/Patient/{camila}",
+            headers={"Authorization": "Bearer not-the-token", "Accept": "application/fhir+json"},
+        )
+        assert refused.status_code == 401
+    finally:
+        sandbox.stop()
+    log = sandbox.log.splitlines()
+    assert log[1:] == ["epic-fhir sandbox: interrupted"], sandbox.log  # stopped with Ctrl-C
+    assert re.fullmatch(
+        r"epic-fhir sandbox: \d\d:\d\d:\d\d bearer token refused \(401\): unknown or expired", log[0]
+    )
+
+
+def test_static_token_must_be_a_token() -> None:
+    with pytest.raises(SystemExit, match="--static-token must be a non-empty token without spaces"):
+        _sandbox.build_sandbox(_parse("--patients", "0", "--static-token", "two words"))

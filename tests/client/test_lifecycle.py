@@ -17,7 +17,7 @@ async def test_use_after_async_with_raises_client_closed(recorder: Recorder) -> 
     with pytest.raises(ClientClosed, match=r"aclose\(\) was called or its `async with` block ended"):
         await client.read("Patient", CAMILA)
     with pytest.raises(ClientClosed):
-        [r async for r in client.search("Observation", patient=CAMILA)]
+        [r async for r in client.search("Observation", patient=CAMILA, category="laboratory")]
     with pytest.raises(ClientClosed):
         async with client.stream("GET", "metadata"):
             pass  # pragma: no cover - never reached
@@ -40,7 +40,7 @@ async def test_use_after_aclose_is_also_a_runtime_error(recorder: Recorder) -> N
 async def test_closed_caller_owned_http_client_is_named(recorder: Recorder) -> None:
     http = httpx.AsyncClient(transport=httpx.MockTransport(recorder))
     await http.aclose()
-    client = EpicFHIRClient(BASE, http_client=http)
+    client = EpicFHIRClient(BASE, http_client=http, retry=False)
     with pytest.raises(ClientClosed, match="http_client given to this EpicFHIRClient is closed"):
         await client.read("Patient", CAMILA)
     assert recorder.requests == []

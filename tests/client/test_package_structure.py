@@ -16,6 +16,9 @@ PUBLIC_NAMESPACES = {
     "epic_fhir_async.auth",
     "epic_fhir_async.pull",
     "epic_fhir_async.bulk",
+    "epic_fhir_async.directory",
+    "epic_fhir_async.models",
+    "epic_fhir_async.fleet",
 }
 
 

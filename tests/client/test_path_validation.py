@@ -44,7 +44,7 @@ async def test_read_refuses_an_invalid_id_without_sending(
 async def test_read_refuses_a_non_string_id(recorder: Recorder) -> None:
     async with recorder.client() as client:
         with pytest.raises(ConfigurationError, match="must be a str, got int"):
-            await client.read("Patient", 12345)  # type: ignore[arg-type]
+            await client.read("Patient", 12345)  # type: ignore[call-overload]
     assert recorder.requests == []
 
 

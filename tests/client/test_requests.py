@@ -178,7 +178,7 @@ async def test_plain_http_refused_except_loopback_or_own_client() -> None:
             assert client.base_url == httpx.URL(base)
     async with (
         httpx.AsyncClient() as own,
-        EpicFHIRClient("http://fhir.example.org/R4/", http_client=own) as client,
+        EpicFHIRClient("http://fhir.example.org/R4/", http_client=own, retry=False) as client,
     ):
         assert str(client.base_url) == "http://fhir.example.org/R4"
 
@@ -217,7 +217,7 @@ async def test_caller_owned_http_client_carries_everything_and_is_not_closed() -
 
     own = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     auth = StaticTokenAuth(TOKEN)
-    async with EpicFHIRClient(BASE, http_client=own, auth=auth, epic_client_id="cid") as client:
+    async with EpicFHIRClient(BASE, http_client=own, retry=False, auth=auth, epic_client_id="cid") as client:
         assert client.http is own
         assert auth.http_client is own  # the auth's own requests go through it too
         await client.read("Patient", "1")

@@ -1,4 +1,5 @@
-"""Every ```python block of README.md and docs/sandbox.md runs, offline, against the embedded sandbox.
+"""Every ```python block of README.md, docs/sandbox.md and the site's guides runs, offline, against the
+embedded sandbox.
 
 A block's kind is set by an HTML comment on the line just above its fence (invisible on GitHub and PyPI):
 
@@ -40,7 +41,20 @@ from epic_fhir_async.sandbox import EpicSandbox
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-DOCS = ("README.md", "docs/sandbox.md")
+#: The site's guides (mkdocs.yml) with Python in them; docs/cli.md's command lines are checked by test_site.py.
+GUIDES = (
+    "docs/getting-started.md",
+    "docs/search.md",
+    "docs/pull.md",
+    "docs/bulk.md",
+    "docs/auth.md",
+    "docs/testing.md",
+    "docs/errors.md",
+    "docs/directory.md",
+    "docs/models.md",
+    "docs/performance.md",
+)
+DOCS = ("README.md", "docs/sandbox.md", *GUIDES)
 CAMILA = "erXuFYUfucBZaryVksYEcMg3"
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*$")

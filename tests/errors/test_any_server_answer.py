@@ -131,7 +131,7 @@ async def test_search_with_odd_next_links_and_pages(
 
     async with _client(handler) as client:
         try:
-            found = [r async for r in client.search("Patient", family="x")]
+            found = [r async for r in client.search("Patient", identifier="x")]
         except EpicFHIRError:
             found = None
     assert found is None or all(isinstance(r, dict) for r in found)

@@ -127,14 +127,14 @@ async def test_a_search_pages_through_next_links(base: str, backend: str) -> Non
 
 @BACKENDS
 async def test_a_declared_length_over_the_limit_is_refused_before_reading(base: str, backend: str) -> None:
-    async with _client(base, backend, max_response_bytes=1024 * 1024) as client:
+    async with _client(base, backend, max_resource_bytes=1024 * 1024) as client:
         with pytest.raises(ResponseTooLarge):
             await client.read("Patient", "declared-huge")
 
 
 @BACKENDS
 async def test_a_compressed_body_is_measured_decoded(base: str, backend: str) -> None:
-    async with _client(base, backend, max_response_bytes=1024 * 1024) as client:
+    async with _client(base, backend, max_resource_bytes=1024 * 1024) as client:
         with pytest.raises(ResponseTooLarge):
             await client.read("Patient", "bomb")
 

@@ -233,6 +233,22 @@ async def test_429_closes_the_shared_gate_for_every_request() -> None:
     assert sent_at["/d"] >= 2010.0
 
 
+async def test_a_pause_behind_the_shared_gate_counts_against_max_total_wait() -> None:
+    # Another request's 429 closed the gate for 100 s; this request may wait only what its policy allows in
+    # total, so a request's retries and pauses keep their stated bound (max_attempts * timeout + max_total_wait).
+    fake = FakeTime()
+    transport = RetryTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200)),
+        policy=RetryPolicy(max_total_wait=3.0),
+        sleep=fake.sleep,
+        clock=fake.clock,
+    )
+    transport._gate.open_at = fake.now + 100.0
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get(BASE + "/Patient/x")).status_code == 200
+    assert fake.sleeps == [3.0]
+
+
 async def test_server_error_after_retries_run_out_and_logs_are_redacted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -145,7 +145,9 @@ async def test_collect_mode_goes_on_and_resume_retries_only_failures(sandbox: Ep
         "Observation",
     ]  # bare Observation with expand=False: Epic requires a category -> 400
     checkpoint = PullCheckpoint()
-    async with client_for(sandbox) as client:
+    # epic_rules=False: the searches reach the emulator and fail per stream (with the rules on, the bare
+    # Observation would end the whole pull before anything is sent).
+    async with client_for(sandbox, epic_rules=False) as client:
         async with client.pull(
             patients, types, expand=False, on_error="collect", checkpoint=checkpoint
         ) as stream:

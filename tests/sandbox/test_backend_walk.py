@@ -53,7 +53,7 @@ async def test_backend_client_walk_and_group_export() -> None:
             f"{sb.base_url}/Patient/{CAMILA}", headers={"Accept": "application/fhir+json"}
         )
         assert no_token.status_code == 401
-        assert no_token.content == b""
+        assert no_token.content == b'""'  # Epic's 401 body: a JSON empty string
         bad = await raw.get(f"{sb.base_url}/Observation", params={"patient": DERRICK}, headers=json_headers)
         assert bad.status_code == 400
         assert (await raw.get(f"{sb.base_url}/Patient/nope", headers=json_headers)).status_code == 404

@@ -16,6 +16,11 @@ pytestmark = pytest.mark.anyio
 VITALS: dict[str, Any] = {"patient": DERRICK, "category": "vital-signs"}
 
 
+def next_link(page: dict[str, Any]) -> str:
+    (url,) = [str(link["url"]) for link in page["link"] if link["relation"] == "next"]
+    return url
+
+
 async def _walk(http: httpx.AsyncClient, params: dict[str, Any]) -> list[dict[str, Any]]:
     pages = []
     url: str | None = None
@@ -57,7 +62,7 @@ async def test_count_is_honoured_and_capped(http: httpx.AsyncClient) -> None:
 
 async def test_session_expires_after_ttl(http: httpx.AsyncClient, sb: EpicSandbox) -> None:
     first = (await http.get("Observation", params={**VITALS, "_count": 100})).json()
-    next_url = first["link"][1]["url"]
+    next_url = next_link(first)
     assert (await http.get(next_url)).status_code == 200
     sb.clock.advance(sb.config.session_ttl + 1)
     expired = await http.get(next_url)
@@ -71,7 +76,7 @@ async def test_session_expires_after_ttl(http: httpx.AsyncClient, sb: EpicSandbo
 async def test_expire_sessions_and_unknown_session(http: httpx.AsyncClient, sb: EpicSandbox) -> None:
     first = (await http.get("Observation", params={**VITALS, "_count": 100})).json()
     sb.expire_sessions()
-    assert (await http.get(first["link"][1]["url"])).status_code == 400
+    assert (await http.get(next_link(first))).status_code == 400
     bogus = await http.get("Observation", params={"sessionID": "1-" + "A" * 32})
     assert bogus.status_code == 400
     assert issue_codes(bogus.json()) == ["4113"]
@@ -79,5 +84,5 @@ async def test_expire_sessions_and_unknown_session(http: httpx.AsyncClient, sb: 
 
 async def test_repeated_page_is_identical(http: httpx.AsyncClient) -> None:
     first = (await http.get("Observation", params={**VITALS, "_count": 300})).json()
-    url = first["link"][1]["url"]
+    url = next_link(first)
     assert (await http.get(url)).content == (await http.get(url)).content

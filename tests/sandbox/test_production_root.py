@@ -55,10 +55,11 @@ async def walk_production_root(sb: EpicSandbox, http: httpx.AsyncClient, key: RS
             headers=headers,
         )
     ).json()
-    assert page["link"][0]["url"].startswith(f"{base}/Observation?")
-    assert page["link"][1]["url"].startswith(f"{base}/Observation?sessionID=")
+    links = {link["relation"]: link["url"] for link in page["link"]}
+    assert links["self"].startswith(f"{base}/Observation?")
+    assert links["next"].startswith(f"{base}/Observation?sessionID=")
     assert page["entry"][0]["fullUrl"].startswith(f"{base}/Observation/")
-    assert (await http.get(page["link"][1]["url"], headers=headers)).status_code == 200
+    assert (await http.get(links["next"], headers=headers)).status_code == 200
 
     kick = await http.get(
         f"{base}/Group/{GROUP}/$export",

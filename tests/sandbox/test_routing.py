@@ -31,12 +31,56 @@ async def test_metadata_is_unauthenticated_and_epic_shaped(sb: EpicSandbox) -> N
     assert "MedicationRequest" not in creates
     assert len(updates) == 7
     assert "Task" in updates
-    assert all(r["searchInclude"] == ["*"] for r in by_type.values())
-    assert all(r["searchRevInclude"] == ["Provenance:target"] for r in by_type.values())
+    searchable = {t for t, r in by_type.items() if {"code": "search-type"} in r["interaction"]}
+    assert len(by_type) == 59
+    assert len(searchable) == 56
+    assert set(by_type) - searchable == {"ConceptMap", "Provenance", "ValueSet"}
+    assert all(r["searchInclude"] == ["*"] for t, r in by_type.items() if t in searchable)
+    assert all(r["searchRevInclude"] == ["Provenance:target"] for t, r in by_type.items() if t in searchable)
     codes = {i["code"] for r in by_type.values() for i in r["interaction"]}
     assert not codes & {"delete", "patch", "vread", "history-instance", "history-type"}
     ops = {o["name"] for r in by_type.values() for o in r.get("operation", [])}
-    assert ops == {"match", "summary", "export"}
+    assert ops == {"match", "summary", "group-export"}
+
+
+async def test_metadata_lists_epics_types_and_their_declared_search_params(sb: EpicSandbox) -> None:
+    async with httpx.AsyncClient(transport=sb.transport()) as raw:
+        statement = (await raw.get(f"{sb.base_url}/metadata", headers=JSON_ACCEPT)).json()
+    rest = statement["rest"][0]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert {"Account", "Claim", "ValueSet"} <= set(by_type)
+    assert not {"HealthcareService", "InsurancePlan", "MedicationStatement"} & set(by_type)
+    assert rest["security"]["cors"] is True
+    assert [s["text"] for s in rest["security"]["service"]] == ["OAuth", "SMART-on-FHIR", "Basic"]
+    for rtype, entry in by_type.items():
+        names = [p["name"] for p in entry.get("searchParam", [])]
+        if {"code": "search-type"} in entry["interaction"]:
+            assert {"_count", "_id"} <= set(names), rtype
+    encounter = {p["name"]: p["type"] for p in by_type["Encounter"]["searchParam"]}
+    assert (encounter["class"], encounter["date"], encounter["patient"]) == ("token", "date", "reference")
+    assert [i["code"] for i in by_type["Observation"]["interaction"]] == [
+        "create",
+        "read",
+        "search-type",
+        "update",
+    ]
+    assert by_type["Patient"]["supportedProfile"] == [
+        "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient|6.1.0"
+    ]
+    assert by_type["Group"]["operation"] == [
+        {
+            "name": "group-export",
+            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+        }
+    ]
+
+
+async def test_types_epic_does_not_serve_get_the_iis_404(http: httpx.AsyncClient) -> None:
+    for rtype in ("HealthcareService", "InsurancePlan", "MedicationStatement"):
+        response = await http.get(rtype, params={"patient": CAMILA})
+        assert response.status_code == 404
+        assert response.headers["content-type"].startswith("text/html")
+    assert (await http.get("Account", params={"_id": "nope"})).status_code == 200
 
 
 async def test_metadata_lists_register_only_with_epic_client_id(sb: EpicSandbox) -> None:
@@ -102,14 +146,17 @@ async def test_paths_outside_the_layout_are_html_404(sb: EpicSandbox) -> None:
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic abc", "Bearer "])
-async def test_bad_tokens_get_401_with_empty_body(sb: EpicSandbox, authorization: str | None) -> None:
+async def test_bad_tokens_get_401_with_epics_json_empty_string_body(
+    sb: EpicSandbox, authorization: str | None
+) -> None:
     headers = dict(JSON_ACCEPT)
     if authorization is not None:
         headers["Authorization"] = authorization
     async with httpx.AsyncClient(transport=sb.transport(), headers=headers) as raw:
         response = await raw.get(f"{sb.base_url}/Patient/{CAMILA}")
     assert response.status_code == 401
-    assert response.content == b""
+    assert response.content == b'""'  # two bytes, no OperationOutcome (docs/epic-notes.md §3.7)
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
     assert response.headers["www-authenticate"] == (
         'Bearer error="invalid_token", error_description="The access token provided is not valid"'
     )

@@ -137,23 +137,32 @@ async def test_discovery_documents(smart_sb: EpicSandbox, smart_http: httpx.Asyn
     assert smart["authorization_endpoint"] == smart_sb.authorize_url
     assert smart["token_endpoint"] == smart_sb.token_url
     assert smart["jwks_uri"] == smart_sb.jwks_url
+    # Epic's production servers list the three methods in this order (docs/epic-notes.md §2.1).
     assert smart["token_endpoint_auth_methods_supported"] == [
-        "client_secret_post",
         "client_secret_basic",
+        "client_secret_post",
         "private_key_jwt",
     ]
     assert smart["code_challenge_methods_supported"] == ["S256"]
-    for capability in (
-        "launch-ehr",
-        "launch-standalone",
-        "client-public",
+    assert smart["capabilities"] == [
+        "authorize-post",
+        "client-confidential-asymmetric",
         "client-confidential-symmetric",
+        "client-public",
+        "context-banner",
+        "context-ehr-encounter",
         "context-ehr-patient",
         "context-standalone-patient",
+        "context-style",
+        "launch-ehr",
+        "launch-standalone",
         "permission-offline",
+        "permission-patient",
+        "permission-user",
+        "permission-v1",
+        "permission-v2",
         "sso-openid-connect",
-    ):
-        assert capability in smart["capabilities"]
+    ]
     metadata = (
         await smart_http.get(f"{smart_sb.base_url}/metadata", headers={"Accept": "application/fhir+json"})
     ).json()

@@ -13,8 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from epic_fhir_async import EpicFHIRClient, EpicFHIRError, StaticTokenAuth
-from epic_fhir_async import _json
+from epic_fhir_async import EpicFHIRClient, EpicFHIRError, StaticTokenAuth, _json
 
 BASE = "https://fhir.example.org/api/FHIR/R4"
 
@@ -67,7 +66,7 @@ def _pages(request: httpx.Request) -> httpx.Response:
 async def test_a_search_parses_with_the_gc_paused_and_restores_it(recorder: _Recorder) -> None:
     assert gc.isenabled()
     async with _client(_pages) as client:
-        found = [r async for r in client.search("Observation", patient="p")]
+        found = [r async for r in client.search("Observation", patient="p", category="laboratory")]
     assert len(found) == 6
     assert recorder.enabled_during == [False, False]
     assert gc.isenabled()
@@ -78,7 +77,9 @@ async def test_a_collector_disabled_by_the_application_stays_disabled(recorder: 
     gc.disable()
     try:
         async with _client(_pages) as client:
-            assert len([r async for r in client.search("Observation", patient="p")]) == 6
+            assert (
+                len([r async for r in client.search("Observation", patient="p", category="laboratory")]) == 6
+            )
         assert not gc.isenabled()
     finally:
         gc.enable()
@@ -99,7 +100,7 @@ async def test_the_collector_is_restored_when_the_body_is_not_json(recorder: _Re
 @pytest.mark.anyio
 async def test_pause_gc_false_never_touches_the_collector(recorder: _Recorder) -> None:
     async with _client(_pages, pause_gc=False) as client:
-        assert len([r async for r in client.search("Observation", patient="p")]) == 6
+        assert len([r async for r in client.search("Observation", patient="p", category="laboratory")]) == 6
     assert recorder.enabled_during == [True, True]
 
 
@@ -112,7 +113,7 @@ async def test_a_cancelled_search_leaves_the_collector_enabled(recorder: _Record
 
     async with _client(slow) as client:
         with anyio.move_on_after(0.2):
-            async for _ in client.search("Observation", patient="p"):
+            async for _ in client.search("Observation", patient="p", category="laboratory"):
                 pass
     assert gc.isenabled()
 

@@ -59,7 +59,7 @@ async def test_a_next_link_elsewhere_is_refused_and_never_requested(next_url: st
     server = Server(lambda request: _bundle(next_url))
     async with server.client() as client:
         with pytest.raises(UnsafeURLError):
-            await _drain(client.search("Patient", family="x"))
+            await _drain(client.search("Patient", identifier="x"))
     assert [host for host, _ in server.seen] == ["fhir.example.org"]
 
 
@@ -169,8 +169,82 @@ async def test_the_token_goes_to_the_fhir_origin_and_nowhere_else_over_a_mixed_s
 
     server = Server(route)
     async with server.client() as client:
-        await _drain(client.search("Patient", family="x"))
+        await _drain(client.search("Patient", identifier="x"))
         await client.request("GET", "Binary/1", allow_foreign_origin=True)
         await client.request("GET", "https://cdn.example/direct", allow_foreign_origin=True)
     assert {host for host, _ in server.seen} == {"fhir.example.org", "cdn.example"}
     assert server.token_hosts == {"fhir.example.org"}
+
+
+# -- the token endpoint: a discovered one must be on the FHIR origin (it receives the client's credentials) --
+
+FOREIGN_TOKEN_URL = "https://auth.example.net/oauth2/token"
+
+
+def _discovery(token_url: str, *, via: str) -> Callable[[httpx.Request], httpx.Response]:
+    def route(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/.well-known/smart-configuration"):
+            if via != "smart-configuration":
+                return httpx.Response(404)
+            return httpx.Response(200, json={"token_endpoint": token_url})
+        if path.endswith("/metadata"):
+            ext = {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": token_url}],
+            }
+            doc = {"resourceType": "CapabilityStatement", "rest": [{"security": {"extension": [ext]}}]}
+            return httpx.Response(200, json=doc, headers=JSON)
+        if path.endswith("/token"):
+            return httpx.Response(
+                200, json={"access_token": "t" * 20, "token_type": "Bearer", "expires_in": 60}
+            )
+        return httpx.Response(200, json={"resourceType": "Patient", "id": "p"}, headers=JSON)
+
+    return route
+
+
+def _secret_client(server: Server, **options: Any) -> EpicFHIRClient:
+    from epic_fhir_async.auth import ClientSecretAuth
+
+    auth = ClientSecretAuth("app", "client-secret-value", **options)
+    return EpicFHIRClient(BASE, auth=auth, transport=httpx.MockTransport(server.handler))
+
+
+@pytest.mark.parametrize("via", ["smart-configuration", "metadata"])
+async def test_a_discovered_token_endpoint_elsewhere_is_refused_before_any_credential_goes(via: str) -> None:
+    server = Server(_discovery(FOREIGN_TOKEN_URL, via=via))
+    async with _secret_client(server) as client:
+        with pytest.raises(UnsafeURLError, match="allowed_token_origins") as info:
+            await client.read("Patient", "p")
+    assert "auth.example.net" not in {host for host, _ in server.seen}  # no request went there at all
+    assert "client-secret-value" not in str(info.value)
+
+
+async def test_a_token_origin_can_be_allowed_explicitly() -> None:
+    server = Server(_discovery(FOREIGN_TOKEN_URL, via="smart-configuration"))
+    async with _secret_client(server, allowed_token_origins=["https://auth.example.net"]) as client:
+        assert (await client.read("Patient", "p"))["id"] == "p"
+    assert ("auth.example.net", server.seen[1][1]) in server.seen  # the token request, Basic credentials
+
+
+async def test_a_token_url_given_explicitly_is_the_callers_choice() -> None:
+    server = Server(_discovery(FOREIGN_TOKEN_URL, via="smart-configuration"))
+    async with _secret_client(server, token_url=FOREIGN_TOKEN_URL) as client:
+        assert (await client.read("Patient", "p"))["id"] == "p"
+    assert [host for host, _ in server.seen] == ["auth.example.net", "fhir.example.org"]
+
+
+async def test_a_same_origin_token_endpoint_is_discovered_as_before() -> None:
+    server = Server(_discovery("https://fhir.example.org/oauth2/token", via="metadata"))
+    async with _secret_client(server) as client:
+        assert (await client.read("Patient", "p"))["id"] == "p"
+
+
+@pytest.mark.parametrize("origin", ["http://auth.example.net", "auth.example.net", ""])
+def test_allowed_token_origins_must_be_https_urls(origin: str) -> None:
+    from epic_fhir_async import ConfigurationError
+    from epic_fhir_async.auth import ClientSecretAuth
+
+    with pytest.raises(ConfigurationError, match="allowed_token_origins"):
+        ClientSecretAuth("app", "client-secret-value", allowed_token_origins=[origin])

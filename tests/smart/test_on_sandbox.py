@@ -121,7 +121,9 @@ async def test_ehr_launch_end_to_end(sb: EpicSandbox, app_key: SigningKey, kind:
         assert claims["aud"] == CLIENTS[kind]["client_id"]
         assert claims["exp"] - claims["iat"] == 300  # Epic's id_tokens live five minutes
         assert tokens.can_refresh is (kind != "public")
-        async with EpicFHIRClient(sb.base_url, auth=launch.auth(tokens), http_client=http) as client:
+        async with EpicFHIRClient(
+            sb.base_url, auth=launch.auth(tokens), http_client=http, retry=False
+        ) as client:
             patient = await client.read("Patient", tokens.patient)
     assert patient["id"] == DERRICK
 
@@ -133,7 +135,9 @@ async def test_standalone_launch_end_to_end(sb: EpicSandbox, app_key: SigningKey
         tokens = await standalone(launch, http)
         assert tokens.patient == CAMILA  # the sandbox's MyChart login for launch/patient
         assert tokens.need_patient_banner is True
-        async with EpicFHIRClient(sb.base_url, auth=launch.auth(tokens), http_client=http) as client:
+        async with EpicFHIRClient(
+            sb.base_url, auth=launch.auth(tokens), http_client=http, retry=False
+        ) as client:
             vitals = [
                 o async for o in client.search("Observation", patient=tokens.patient, category="vital-signs")
             ]
@@ -152,7 +156,7 @@ async def test_a_token_expiring_during_a_request_is_refreshed_without_offline_ac
         assert "offline_access" not in tokens.scopes  # Epic does not echo it
         saved: list[SmartTokenSet] = []
         auth = launch.auth(tokens, on_refresh=saved.append)
-        async with EpicFHIRClient(sb.base_url, auth=auth, http_client=http) as client:
+        async with EpicFHIRClient(sb.base_url, auth=auth, http_client=http, retry=False) as client:
             await client.read("Patient", DERRICK)
             before = sb.stats["token_requests"]
             sb.clock.advance(601)  # the server expires the token; the request gets 401, refresh, replay
@@ -167,7 +171,9 @@ async def test_a_token_expiring_during_a_request_is_refreshed_without_offline_ac
 async def test_concurrent_requests_share_one_refresh(sb: EpicSandbox, app_key: SigningKey) -> None:
     async with smart(sb, app_key, "secret") as (launch, http):
         tokens = await ehr_launch(sb, launch, http)
-        async with EpicFHIRClient(sb.base_url, auth=launch.auth(tokens), http_client=http) as client:
+        async with EpicFHIRClient(
+            sb.base_url, auth=launch.auth(tokens), http_client=http, retry=False
+        ) as client:
             sb.clock.advance(700)
             before = sb.stats["token_requests"]
             async with anyio.create_task_group() as tg:
@@ -182,7 +188,9 @@ async def test_a_public_client_must_launch_again_when_its_token_expires(
 ) -> None:
     async with smart(sb, app_key, "public") as (launch, http):
         tokens = await ehr_launch(sb, launch, http)
-        async with EpicFHIRClient(sb.base_url, auth=launch.auth(tokens), http_client=http) as client:
+        async with EpicFHIRClient(
+            sb.base_url, auth=launch.auth(tokens), http_client=http, retry=False
+        ) as client:
             sb.clock.advance(601)
             with pytest.raises(ReauthorizationRequired):
                 await client.read("Patient", DERRICK)
@@ -194,7 +202,7 @@ async def test_a_saved_token_set_restores_and_refreshes(sb: EpicSandbox, app_key
         saved = (await ehr_launch(sb, launch, http)).to_dict()
         sb.clock.advance(700)
         auth = launch.auth(SmartTokenSet.from_dict(saved))
-        async with EpicFHIRClient(sb.base_url, auth=auth, http_client=http) as client:
+        async with EpicFHIRClient(sb.base_url, auth=auth, http_client=http, retry=False) as client:
             await client.read("Patient", DERRICK)
     assert auth.token_set.access_token != saved["access_token"]
 
