@@ -72,7 +72,7 @@ class EpicFHIRClient:
     exhaust memory (:class:`ResponseTooLarge`; ``None`` lifts the first two). ``max_pages`` stops a search
     after that many pages (:class:`PagingError`; ``None``: no cap; per query: ``SearchQuery.with_max_pages``).
     ``pause_gc``: pause Python's cyclic garbage collector while a response body is parsed (restored exactly
-    as it was right after; see README "Performance"), a large saving on big pages; ``False`` never touches it.
+    as it was right after; see docs/performance.md), a large saving on big pages; ``False`` never touches it.
     ``http_backend="aiohttp"`` (asyncio only, the ``fast`` extra) sends through aiohttp instead of httpcore:
     less CPU per request; every limit, deadline and origin rule holds the same.
     ``epic_rules`` (default True): searches are checked against Epic's search requirements before they are
