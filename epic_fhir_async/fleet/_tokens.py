@@ -57,6 +57,11 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 return 0
 """
+# Release the lock if we still hold it.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0
+"""
 # Delete the entry only if it still holds the token with this fingerprint.
 _DELETE_IF = """
 local raw = redis.call('GET', KEYS[1])
@@ -98,6 +103,7 @@ class RedisTokenCache:
         self._set = client.register_script(_SET)
         self._lock = client.register_script(_LOCK)
         self._delete_if = client.register_script(_DELETE_IF)
+        self._unlock = client.register_script(_UNLOCK)
 
     def __repr__(self) -> str:
         return f"RedisTokenCache(prefix={self._prefix!r})"
@@ -114,15 +120,17 @@ class RedisTokenCache:
         give_up = self._clock() + self._lock_ttl_ms / 1000 + 1.0
         try:
             while True:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.get(entry)
-                    pipe.pttl(entry)
-                    raw, pttl = await pipe.execute()
-                token = self._rebuild(entry, raw, pttl)
-                if token is not None and self._fresh(token):
+                token = await self._read(entry)
+                if token is not None:
                     return token
                 if await self._lock(keys=[lock], args=[self._owner, self._lock_ttl_ms]):
-                    return None  # ours to fetch: the manager calls the provider, then set()
+                    # The holder before us may have stored its token and released the lock between our read
+                    # and our lock: read again under the lock, or we would fetch a second token.
+                    token = await self._read(entry)
+                    if token is None:
+                        return None  # ours to fetch: the manager calls the provider, then set()
+                    await self._unlock(keys=[lock], args=[self._owner])
+                    return token
                 if self._clock() >= give_up:
                     # The lock holder neither stored a token nor let its lock expire in time: fetch ourselves
                     # (one more token request, but never a stuck job).
@@ -171,6 +179,15 @@ class RedisTokenCache:
             self._warn("drop the shared token", exc)
 
     # -- helpers ----------------------------------------------------------------------------------------------
+    async def _read(self, entry: str) -> AccessToken | None:
+        """The stored token if it is fresh."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(entry)
+            pipe.pttl(entry)
+            raw, pttl = await pipe.execute()
+        token = self._rebuild(entry, raw, pttl)
+        return token if token is not None and self._fresh(token) else None
+
     def _rebuild(self, entry: str, raw: bytes | None, pttl: int) -> AccessToken | None:
         if raw is None or pttl is None or pttl <= 0 or len(raw) <= _FINGERPRINT:
             return None

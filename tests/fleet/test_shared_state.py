@@ -75,6 +75,32 @@ async def test_many_managers_on_separate_connections_make_one_token_request(
 
 
 @pytest.mark.anyio
+async def test_a_token_stored_between_a_workers_read_and_its_lock_is_not_fetched_again(
+    connections: list[aioredis.Redis],
+) -> None:
+    holder = RedisTokenCache(connections[0])
+    assert await holder.get(KEY) is None  # the holder has the lock and fetches
+
+    class StoresRightAfterTheFirstRead(RedisTokenCache):
+        reads = 0
+
+        async def _read(self, entry: str) -> AccessToken | None:
+            token = await super()._read(entry)
+            self.reads += 1
+            if self.reads == 1:  # the holder stores its token and releases the lock at the worst moment
+                await holder.set(KEY, make_token("token-1"))
+            return token
+
+    latecomer = StoresRightAfterTheFirstRead(connections[1])
+    token = await latecomer.get(KEY)
+
+    assert token is not None  # None would tell its manager to ask the token endpoint a second time
+    assert token.value == "token-1"
+    _entry, lock = latecomer._keys(KEY)
+    assert await connections[2].get(lock) is None  # the lock it took to look again is released
+
+
+@pytest.mark.anyio
 async def test_a_due_token_is_refreshed_once_for_every_manager(connections: list[aioredis.Redis]) -> None:
     provider = Provider(lifetime=1.0)  # refreshed 0.1 s before it expires
     managers = [TokenManager(provider, cache=RedisTokenCache(c), cache_key=KEY) for c in connections]
