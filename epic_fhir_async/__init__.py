@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib as _importlib
 import logging as _logging
 import warnings as _warnings
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from ._bundle import Page as Page
@@ -67,9 +68,11 @@ from .auth import ClientSecretAuth as ClientSecretAuth
 from .auth import EpicAuth as EpicAuth
 from .auth import RefreshTokenAuth as RefreshTokenAuth
 from .auth import SmartAuth as SmartAuth
-from .auth import SmartLaunch as SmartLaunch
 from .auth import SmartTokenSet as SmartTokenSet
 from .auth import StaticTokenAuth as StaticTokenAuth
+
+if _TYPE_CHECKING:
+    from .auth import SmartLaunch as SmartLaunch
 
 # A library adds only a NullHandler: records go where the application's logging config sends them, and
 # nowhere (not to logging's last-resort stderr handler) when it has none.
@@ -110,6 +113,11 @@ _MOVED: dict[str, str] = {
 
 
 def __getattr__(name: str) -> _Any:
+    if name == "SmartLaunch":  # loaded on first use, like the rest of the web-app names (auth/__init__.py)
+        from .auth import SmartLaunch
+
+        globals()[name] = SmartLaunch
+        return SmartLaunch
     namespace = _MOVED.get(name)
     if namespace is None:
         raise AttributeError(f"module 'epic_fhir_async' has no attribute {name!r}")

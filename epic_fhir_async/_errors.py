@@ -26,7 +26,7 @@
     ├── ResponseTooLarge            a body or NDJSON line beyond the configured size limit
     ├── PullError                   a (patient, query) stream of a pull failed
     ├── ModelValidationError        a resource the typed models (fhir.resources) reject (also a ValueError)
-    ├── StoreUnavailable            the shared store of a web app's sessions (Redis) did not answer in time
+    ├── StoreUnavailable            a shared store (Redis: a web app's sessions, the fleet's) did not answer
     └── BulkExportError             anything about $export
         └── BulkExportTooSoon       "The Client requested this Group too recently."
 
@@ -369,7 +369,10 @@ class BulkExportTooSoon(BulkExportError):
 class StoreUnavailable(EpicFHIRError):
     """The store that keeps a web app's sessions (Redis) did not answer within its deadline, or could not
     take a session's refresh lock in time. Transient: the session is kept; ask the user to try again (or to
-    sign in again once the store is back). The message names the store without its password."""
+    sign in again once the store is back). The message names the store without its password.
+
+    The fleet's Redis errors are one too (``epic_fhir_async.fleet.RedisUnavailable``), so one ``except``
+    covers every Redis the SDK keeps state in."""
 
 
 class ModelValidationError(EpicFHIRError, ValueError):

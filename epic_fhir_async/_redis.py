@@ -68,7 +68,7 @@ def check_url(url: object) -> str:
     if not isinstance(url, str) or url.partition("://")[0] not in _SCHEMES or "://" not in url:
         shown = shown_url(url) if isinstance(url, str) else type(url).__name__
         raise ConfigurationError(
-            f"a Redis URL must start with redis://, rediss:// (TLS) or unix:// (got {shown!r}); keep a "
+            f"the Redis URL must start with redis://, rediss:// (TLS) or unix:// (got {shown!r}); keep a "
             "password in it only from a secret store: it is never shown"
         )
     return url
@@ -126,26 +126,35 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     return (redis.exceptions.RedisError, OSError, TimeoutError)
 
 
-def unavailable(what: str, url: str, exc: BaseException) -> StoreUnavailable:
-    """The error for a Redis command that failed: ``what`` was being done, the server by its shown URL."""
-    return StoreUnavailable(
+def unavailable(
+    what: str, url: str, exc: BaseException, *, error: type[StoreUnavailable] = StoreUnavailable
+) -> StoreUnavailable:
+    """The error for a Redis command that failed: ``what`` was being done, the server by its shown URL.
+
+    ``error`` is the class raised: a :class:`StoreUnavailable` (the fleet's ``RedisUnavailable`` is one).
+    """
+    return error(
         f"{what}: Redis at {shown_url(url)} did not answer ({type(exc).__name__}); check that it runs and is "
         "reachable from here"
     )
 
 
 async def connect(
-    url: str, *, deadline: float = DEFAULT_TIMEOUT, what: str = "connecting"
+    url: str,
+    *,
+    deadline: float = DEFAULT_TIMEOUT,
+    what: str = "connecting",
+    error: type[StoreUnavailable] = StoreUnavailable,
 ) -> redis.asyncio.Redis:
     """A client that has answered a PING within ``deadline`` seconds (also each later command's deadline),
-    else :class:`StoreUnavailable`."""
+    else ``error`` (a :class:`StoreUnavailable`)."""
     client = open_client(url, timeout=deadline)
     try:
         with anyio.fail_after(deadline):
             await client.ping()
     except redis_errors() as exc:
         await client.aclose()
-        raise unavailable(what, url, exc) from None
+        raise unavailable(what, url, exc, error=error) from None
     return client
 
 

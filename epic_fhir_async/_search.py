@@ -184,6 +184,7 @@ class SearchQuery:
                 try:
                     async for page in _Pager(self):
                         await send.send(page)
+                        del page  # not held while the next page is fetched and parsed
                 except anyio.get_cancelled_exc_class():
                     raise
                 except Exception as exc:  # handed to the consumer, raised where it iterates
@@ -200,12 +201,17 @@ class SearchQuery:
                         # The caller closed the iterator: cancel the fetch in flight, leave quietly.
                         closed = True
                         break
+                    del page  # the caller's to keep: not held here while the next one is received
             tg.cancel_scope.cancel()
         if error and not closed:
             raise error[0]
 
     def pages(self) -> PageIterator:
-        """Every page in order (see :meth:`with_prefetch` for fetching one page ahead)."""
+        """Every page in order (see :meth:`with_prefetch` for fetching one page ahead).
+
+        The loop variable keeps the previous page alive while the next one is parsed: end the body with
+        ``del page`` when you keep nothing of it (docs/performance.md measures the difference).
+        """
         return self._prefetched() if self._prefetch else _Pager(self)
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:

@@ -2,8 +2,8 @@
 reaches the network beyond loopback (the guard below makes that a failure instead of a convention).
 
 Also the fakes and fixtures that tests in several folders use: :class:`FakeEpic` (a tiny Epic token server and
-FHIR endpoint on ``httpx.MockTransport``), :class:`Recorder` (a MockTransport handler that records requests)
-and a client on the default in-process sandbox.
+FHIR endpoint on ``httpx.MockTransport``), :class:`Recorder` (a MockTransport handler that records requests),
+a client on the default in-process sandbox, and a real redis-server (``redis_url``, ``redis_db``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 import itertools
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,6 +24,8 @@ import pytest
 
 from epic_fhir_async import EpicFHIRClient, RetryPolicy, StaticTokenAuth, _json
 from epic_fhir_async.sandbox import EpicSandbox
+
+from ._redis_server import DATABASES, emptied, redis_server
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -263,6 +265,27 @@ def sandbox_client(default_sandbox: EpicSandbox) -> EpicFHIRClient:
         auth=StaticTokenAuth(default_sandbox.issue_token()),
         transport=default_sandbox.transport(),
     )
+
+
+# -- a real redis-server (the fleet's shared state, the web app's sessions) ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``redis://127.0.0.1:<port>`` of one redis-server for the run (no persistence), stopped after."""
+    pytest.importorskip("redis", reason="the redis extra is not installed")
+    with redis_server() as url:
+        yield url
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def redis_db(redis_url: str) -> str:
+    """A Redis database of this test's own (databases 1-15 in turn, emptied first): no test meets another's
+    keys."""
+    return emptied(redis_url, 1 + next(_databases) % (DATABASES - 1))
 
 
 def fast_sdk_retries(

@@ -8,6 +8,10 @@ single-flight, refreshed a little before expiry, one refresh for any number of c
 
 from __future__ import annotations
 
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from ._assertion import build_client_assertion as build_client_assertion
 from ._backend import BackendServicesAuth as BackendServicesAuth
 from ._discovery import SmartEndpoints as SmartEndpoints
@@ -16,19 +20,13 @@ from ._epic_auth import EpicAuth as EpicAuth
 from ._epic_auth import StaticTokenAuth as StaticTokenAuth
 from ._grants import ClientSecretAuth as ClientSecretAuth
 from ._grants import RefreshTokenAuth as RefreshTokenAuth
-from ._id_token import IdTokenVerifier as IdTokenVerifier
 from ._keys import InsecureKeyFileWarning as InsecureKeyFileWarning
 from ._keys import SigningKey as SigningKey
 from ._keys import generate_private_key as generate_private_key
 from ._keys import load_private_keys as load_private_keys
 from ._keys import private_key_pem as private_key_pem
 from ._keys import public_jwks as public_jwks
-from ._redis_store import RedisTokenSetStore as RedisTokenSetStore
 from ._smart_auth import SmartAuth as SmartAuth
-from ._smart_launch import SmartLaunch as SmartLaunch
-from ._smart_request import AuthorizationRequest as AuthorizationRequest
-from ._smart_sessions import PendingSignIn as PendingSignIn
-from ._smart_sessions import SmartSessions as SmartSessions
 from ._smart_tokens import SmartTokenSet as SmartTokenSet
 from ._token import AccessToken as AccessToken
 from ._token_auth import TokenAuth as TokenAuth
@@ -36,9 +34,45 @@ from ._token_cache import InMemoryTokenCache as InMemoryTokenCache
 from ._token_cache import TokenCache as TokenCache
 from ._token_cache import TokenCacheKey as TokenCacheKey
 from ._token_manager import TokenManager as TokenManager
-from ._token_store import InMemoryTokenSetStore as InMemoryTokenSetStore
-from ._token_store import TokenCipher as TokenCipher
-from ._token_store import TokenSetStore as TokenSetStore
+
+if _TYPE_CHECKING:
+    from ._id_token import IdTokenVerifier as IdTokenVerifier
+    from ._redis_store import RedisTokenSetStore as RedisTokenSetStore
+    from ._smart_launch import SmartLaunch as SmartLaunch
+    from ._smart_request import AuthorizationRequest as AuthorizationRequest
+    from ._smart_sessions import PendingSignIn as PendingSignIn
+    from ._smart_sessions import SmartSessions as SmartSessions
+    from ._token_store import InMemoryTokenSetStore as InMemoryTokenSetStore
+    from ._token_store import TokenCipher as TokenCipher
+    from ._token_store import TokenSetStore as TokenSetStore
+
+#: The web-app and SMART App Launch names, imported on first use: a backend job that never signs a user in
+#: does not pay for them at ``import epic_fhir_async`` (docs/performance.md).
+_LAZY: dict[str, str] = {
+    "IdTokenVerifier": "_id_token",
+    "RedisTokenSetStore": "_redis_store",
+    "SmartLaunch": "_smart_launch",
+    "AuthorizationRequest": "_smart_request",
+    "PendingSignIn": "_smart_sessions",
+    "SmartSessions": "_smart_sessions",
+    "InMemoryTokenSetStore": "_token_store",
+    "TokenCipher": "_token_store",
+    "TokenSetStore": "_token_store",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'epic_fhir_async.auth' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AccessToken",

@@ -37,7 +37,11 @@ class TokenCache(Protocol):
         ...
 
     async def delete(self, key: TokenCacheKey, token: AccessToken | None = None) -> None:
-        """Forget ``key``'s token; when ``token`` is given, only if it is still the stored one."""
+        """Forget ``key``'s token; when ``token`` is given, only if it is still the stored one.
+
+        The token manager calls it with the refused token after a 401, before it refreshes; another holder of a
+        shared cache may have stored a replacement by then, which must stay.
+        """
         ...
 
 

@@ -10,7 +10,10 @@ that die in the middle of paging. The manager makes both impossible:
   ``min(leeway, 10 % of lifetime)``, so an hour-long Epic token is refreshed a minute early and a
   3-second test token 0.3 s early, not on every request.
 * :meth:`TokenManager.invalidate` drops a token only if it is still the current one, so fifty tasks that
-  all got a 401 with the same token cause one refresh, not fifty.
+  all got a 401 with the same token cause one refresh, not fifty. The refresh that follows first deletes the
+  refused token from the cache (``cache.delete(key, token)``: only while the cache still holds it), so other
+  holders of a shared cache (auth objects, workers) are not handed a token the server refused, and a shared
+  cache with a lock (the fleet's) makes them wait for the one replacement instead of each fetching its own.
 * A failed fetch fails its whole round: every task that was waiting for the lock while it ran gets the same
   error (a copy of it, chained to the original) instead of starting a fetch of its own. Without this, a
   token endpoint that is down, a wrong client id or key, or a failing SMART discovery cost one token
@@ -122,6 +125,7 @@ class TokenManager:
         self._token: AccessToken | None = None
         self._refresh_at = -math.inf
         self._rejected: AccessToken | None = None
+        self._unshared: AccessToken | None = None  # refused, still to be deleted from the cache
         # Rounds of the lock (one fetch attempt each) and how the last one failed, if it did: a task that
         # waited through a failed round raises its error instead of fetching again.
         self._round = 0
@@ -152,12 +156,14 @@ class TokenManager:
 
         Returns whether something was dropped. Call it after a 401 with the token the request carried:
         when another task has already replaced that token, this is a no-op and the next :meth:`get`
-        returns the replacement without a new token request.
+        returns the replacement without a new token request. The next refresh deletes the dropped token from
+        the cache, if the cache still holds it.
         """
         current = self._token
         if current is None or (token is not None and token is not current):
             return False
         self._rejected = current
+        self._unshared = current
         self._token = None
         self._refresh_at = -math.inf
         return True
@@ -225,6 +231,10 @@ class TokenManager:
         """A usable token from the shared cache, else from the provider (installed and cached)."""
         key = await self._key()  # may run SMART discovery: its failure fails the round like the provider's
         if key is not None:
+            refused, self._unshared = self._unshared, None
+            if refused is not None:
+                # Only while the cache still holds it: another holder may have stored a replacement already.
+                await self._cache.delete(key, refused)
             cached = await self._cache.get(key)
             if cached is not None and cached is not token and self._usable(cached, now):
                 self._install(cached)

@@ -3,8 +3,9 @@
     epic-fhir pull --base-url URL --client-id ID --key KEY.pem --patients ids.txt --types Condition Observation \\
         --out ./extract [--concurrency 8] [--resume]
 
-One ``<Type>.ndjson`` per resource type, written crash-safely (see ``_pull_sink``); ``--resume`` continues
-an interrupted pull from its journal without fetching completed streams again or duplicating a line.
+One ``<Type>.ndjson`` per resource type, written crash-safely (``epic_fhir_async.pull.NDJSONSink``);
+``--resume`` continues an interrupted pull from its journal without fetching completed streams again or
+duplicating a line.
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ async def pull_to_directory(
     except ConfigurationError as exc:  # a bad --types template or --concurrency: checked before any request
         raise CLIError(advice(str(exc))) from None
     await first_token(client.auth)
+    if not resume and await anyio.to_thread.run_sync(resumable, out):  # the sink's refusal names resume=True
+        raise OutputStateError.for_directory(out)
     await sink.open(resume=resume)
     if sink.resumed_streams:
         console.print(f"Resuming: {plural(sink.resumed_streams, 'stream')} already complete in {out}")

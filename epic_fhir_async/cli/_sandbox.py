@@ -42,7 +42,8 @@ __all__ = ["build_sandbox", "register", "run"]
 
 
 #: Flags that set one ``SandboxConfig`` field: (flag, field, type or choices, metavar, help). Defaults come from
-#: the config itself, so the command line and ``EpicSandbox()`` never disagree.
+#: the config itself, so the command line and ``EpicSandbox()`` never disagree; a field that ``--epic-bulk``
+#: sets otherwise has no default here, so the chosen config's own applies unless the flag is given.
 _CONFIG_FLAGS: tuple[tuple[str, str, Any, str | None, str], ...] = (
     ("--seed", "seed", int, "N", "dataset and fault seed"),
     ("--patients", "patients", non_negative_int, "N", "generated patients"),
@@ -75,6 +76,13 @@ _SWITCHES: tuple[tuple[str, str, bool, str], ...] = (
     ("--retry-after-http-date", "retry_after_http_date", True, "send Retry-After as an HTTP-date"),
     ("--no-export-type-filter", "export_type_filter", False, "refuse _typeFilter like Epic in 2023"),
     ("--export-allow-post", "export_allow_post", True, "accept POST kick-offs"),
+    (
+        "--no-outside-records",
+        "outside_records",
+        False,
+        "end clinical searchsets without Epic's \"Outside Record\" warnings (59204, Procedure's 59205), which "
+        "Epic's sandbox sends because its clients lack those sub-types",
+    ),
 )
 #: Repeatable ``KEY=VALUE`` / value flags: (flag, metavar, help).
 _REPEATABLE: tuple[tuple[str, str, str], ...] = (
@@ -123,11 +131,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--latency-ms", type=non_negative_float, default=0.0, metavar="MS", help="added latency per request"
     )
-    defaults = SandboxConfig()
+    parser.add_argument(
+        "--epic-bulk",
+        action="store_true",
+        help="run Bulk Data exports as Epic does: jobs take 3 hours, status polls carry neither Retry-After nor "
+        "X-Progress, and a client may kick off a Group once a day (an --export-* flag given too overrides "
+        "its part)",
+    )
+    defaults, epic_bulk = SandboxConfig(), SandboxConfig.epic_bulk()
     for flag, name, kind, shown, text in _CONFIG_FLAGS:
-        default = getattr(defaults, name)
+        default, bulk = getattr(defaults, name), getattr(epic_bulk, name)
         typed = {"choices": kind} if isinstance(kind, tuple) else {"type": kind, "metavar": shown}
-        parser.add_argument(flag, default=default, help=f"{text} (default {default})", **typed)
+        if bulk == default:
+            parser.add_argument(flag, default=default, help=f"{text} (default {default})", **typed)
+        else:  # unset: build_sandbox leaves it to the config --epic-bulk chooses
+            parser.add_argument(
+                flag, default=None, help=f"{text} (default {default}; {bulk} with --epic-bulk)", **typed
+            )
     for flag, name, value, text in _SWITCHES:
         parser.add_argument(flag, dest=name, action="store_true" if value else "store_false", help=text)
     parser.set_defaults(func=run)
@@ -229,9 +249,11 @@ def build_sandbox(args: argparse.Namespace) -> EpicSandbox:
     client_types = _client_types(args.client_types, clients)
     origin_port = args.port or 8765
     options = {name: getattr(args, flag[2:].replace("-", "_")) for flag, name, *_ in _CONFIG_FLAGS}
+    options = {name: value for name, value in options.items() if value is not None}
     options.update({name: getattr(args, name) for _, name, _, _ in _SWITCHES})
+    make_config = SandboxConfig.epic_bulk if args.epic_bulk else SandboxConfig
     try:
-        config = SandboxConfig(
+        config = make_config(
             **options,
             origin=f"http://127.0.0.1:{origin_port}",
             token_audiences=tuple(args.token_audience),

@@ -11,7 +11,8 @@ client id and the FHIR server's origin, and every worker of every job with that 
   that was told to. The worker that got the 429 retries it through the client's own retrying transport.
 
 :class:`FleetTransport` is the hook: it wraps the worker's real transport, *under* the client's retrying
-transport, so every attempt (retries and token requests too) takes its slot, and every 429 and 401 is seen.
+transport, so every attempt (retries and token requests too) takes its slot, and every 429 is seen. (A 401
+is the token manager's: it drops the refused token from the shared cache itself.)
 It also counts requests and 429s per shard for the job's progress display. If Redis fails mid-job it logs a
 warning and lets the request go (each worker's own 429 handling still applies): a Redis blip slows nothing.
 """
@@ -29,8 +30,8 @@ import anyio
 import httpx
 
 from .._headers import parse_retry_after
+from .._redis import redis_errors
 from .._retry import RetryPolicy
-from ._tokens import RedisTokenCache, _redis_errors
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -136,19 +137,17 @@ class SharedBudget:
 
 
 class FleetTransport(httpx.AsyncBaseTransport):
-    """The worker's transport under the client's retrying one: budget, shared pause, 401s, counters."""
+    """The worker's transport under the client's retrying one: budget, shared pause, counters."""
 
     def __init__(
         self,
         inner: httpx.AsyncBaseTransport,
         *,
         budget: SharedBudget | None = None,
-        tokens: RedisTokenCache | None = None,
         policy: RetryPolicy | None = None,
     ) -> None:
         self.inner = inner
         self.budget = budget
-        self.tokens = tokens
         self.policy = policy or RetryPolicy()
         self._warned_at = -1e9
 
@@ -163,10 +162,6 @@ class FleetTransport(httpx.AsyncBaseTransport):
             stats.rate_limited += 1
             if self.budget is not None:
                 await self._pause_everyone(self.budget, response)
-        elif status == 401 and self.tokens is not None:
-            scheme, _, value = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() == "bearer" and value:
-                await self.tokens.forget_value(value)
         return response
 
     async def _wait_turn(self, budget: SharedBudget, stats: ShardStats) -> None:
@@ -176,7 +171,7 @@ class FleetTransport(httpx.AsyncBaseTransport):
                 await anyio.sleep(wait)
                 stats.waited += wait
                 wait = await budget.pause_left()  # a pause set while we slept holds us too
-        except _redis_errors() as exc:
+        except redis_errors() as exc:
             self._warn(exc)
 
     async def _pause_everyone(self, budget: SharedBudget, response: httpx.Response) -> None:
@@ -187,7 +182,7 @@ class FleetTransport(httpx.AsyncBaseTransport):
             return  # the client gives up on this request rather than wait that long: so does the fleet
         try:
             await budget.pause(seconds)
-        except _redis_errors() as exc:
+        except redis_errors() as exc:
             self._warn(exc)
 
     def _warn(self, exc: BaseException) -> None:

@@ -4,13 +4,13 @@ EpicFHIRError
 └── FleetError              a fleet job failed; ``error_type`` names the worker's error, ``shard`` where
     ├── FleetUnavailable    something the job needs does not answer (raised before any FHIR request)
     │   ├── ClusterUnavailable  the Dask scheduler (or it has no worker)
-    │   └── RedisUnavailable    the Redis server
+    │   └── RedisUnavailable    the Redis server (also a StoreUnavailable, as the web app's Redis errors)
     └── FleetStreamError    stands for one failed (patient, query) stream in ``FleetResult.failures``
 """
 
 from __future__ import annotations
 
-from .._errors import EpicFHIRError
+from .._errors import EpicFHIRError, StoreUnavailable
 
 __all__ = ["ClusterUnavailable", "FleetError", "FleetStreamError", "FleetUnavailable", "RedisUnavailable"]
 
@@ -33,8 +33,12 @@ class ClusterUnavailable(FleetUnavailable):
     """The Dask scheduler did not answer at the given address, or has no worker."""
 
 
-class RedisUnavailable(FleetUnavailable):
-    """The Redis server did not answer (from the driver or from a worker)."""
+class RedisUnavailable(FleetUnavailable, StoreUnavailable):
+    """The Redis server did not answer (from the driver or from a worker).
+
+    Also a :class:`~epic_fhir_async.StoreUnavailable`, the error of every Redis the SDK keeps state in, so
+    one ``except StoreUnavailable`` covers the fleet's and a web app's.
+    """
 
 
 class FleetStreamError(FleetError):

@@ -1,8 +1,9 @@
-"""Connecting to Redis with a deadline: the minimal primitives the fleet needs (``redis`` from PyPI).
+"""The fleet's Redis settings, and connecting with them through the SDK's shared Redis code (``_redis``).
 
 ``redis.asyncio`` runs on asyncio only, so the fleet's shared state does too: each worker runs its own
-asyncio loop (see ``_worker``), whatever the caller's event loop is. Every command has a socket timeout, so
-a Redis server that stops answering is an error after ``timeout`` seconds, never a hang.
+asyncio loop (see ``_worker``), whatever the caller's event loop is. Every command has a deadline
+(``RedisSettings.timeout``), so a Redis server that stops answering is a :class:`RedisUnavailable` after that
+long, never a hang.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import _redis
 from .._errors import ConfigurationError
-from .._urls import redact_url
 from ._errors import RedisUnavailable
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisSettings", "connect", "ping_blocking"]
 
-_SCHEMES = ("redis", "rediss", "unix")
+_WHAT = "the fleet's shared state"
 
 
 @dataclass(frozen=True, repr=False)
@@ -42,11 +43,7 @@ class RedisSettings:
     timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        scheme = self.url.partition("://")[0] if "://" in self.url else ""
-        if scheme not in _SCHEMES:
-            raise ConfigurationError(
-                f"the Redis URL must start with redis://, rediss:// or unix:// (got {self.shown_url!r})"
-            )
+        _redis.check_url(self.url)
         rate = self.requests_per_second
         if rate is not None and (isinstance(rate, bool) or not 0 < float(rate) < float("inf")):
             raise ConfigurationError("requests_per_second must be a positive number (or None for no budget)")
@@ -68,12 +65,7 @@ class RedisSettings:
     @property
     def shown_url(self) -> str:
         """The URL without its password, for messages."""
-        scheme, sep, rest = self.url.partition("://")
-        if not sep:
-            return redact_url(self.url)
-        netloc, slash, path = rest.partition("/")
-        host = netloc.rpartition("@")[2]
-        return f"{scheme}://{host}{slash}{path}"
+        return _redis.shown_url(self.url)
 
     @property
     def effective_burst(self) -> int:
@@ -82,39 +74,17 @@ class RedisSettings:
         return max(1, int((self.requests_per_second or 10.0) / 10))
 
 
-def _client(settings: RedisSettings) -> redis.asyncio.Redis:
-    try:
-        import redis.asyncio as aioredis
-    except ImportError:  # pragma: no cover - the extra is missing
-        raise ConfigurationError(
-            "the fleet's shared state needs the redis package: pip install 'epic-fhir-async[fleet]'"
-        ) from None
-    return aioredis.from_url(
-        settings.url,
-        socket_connect_timeout=settings.timeout,
-        socket_timeout=settings.timeout,
-        health_check_interval=30,
-    )
-
-
 async def connect(settings: RedisSettings) -> redis.asyncio.Redis:
     """A client that has answered a PING within ``settings.timeout``, or :class:`RedisUnavailable`."""
-    import redis.exceptions
-
-    client = _client(settings)
-    try:
-        await client.ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        await client.aclose()
-        raise RedisUnavailable(
-            f"Redis at {settings.shown_url} did not answer ({type(exc).__name__}): check the URL and that the "
-            "server runs and is reachable from here"
-        ) from None
-    return client
+    return await _redis.connect(settings.url, deadline=settings.timeout, what=_WHAT, error=RedisUnavailable)
 
 
 def ping_blocking(settings: RedisSettings) -> None:
-    """The driver's check, before anything else: a synchronous PING within the deadline."""
+    """The driver's check, before anything else: a synchronous PING within the deadline.
+
+    Synchronous because ``fleet_pull`` is, and may be called from a thread that runs another event loop (or
+    trio), where ``redis.asyncio`` cannot run.
+    """
     try:
         import redis
     except ImportError:  # pragma: no cover - the extra is missing
@@ -126,10 +96,7 @@ def ping_blocking(settings: RedisSettings) -> None:
     )
     try:
         client.ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        raise RedisUnavailable(
-            f"Redis at {settings.shown_url} did not answer ({type(exc).__name__}): check the URL and that the "
-            "server runs and is reachable from here"
-        ) from None
+    except _redis.redis_errors() as exc:
+        raise _redis.unavailable(_WHAT, settings.url, exc, error=RedisUnavailable) from None
     finally:
         client.close()

@@ -1,20 +1,18 @@
 """Crash-safe output of one shard, and the driver's merge into ``epic-fhir pull``'s layout.
 
 The output directory ends up as ``epic-fhir pull`` leaves it: one ``<Type>.ndjson`` per resource type. While
-the job runs, each shard writes into its own directory, ``<out>/.epic-fhir-fleet/shards/<n>/``, by the same
-protocol as the pull command's sink:
+the job runs, each shard writes into its own directory, ``<out>/.epic-fhir-fleet/shards/<n>/``, with the pull
+command's writer (:class:`~epic_fhir_async.pull.NDJSONSink`: part files, a journal, spool files and a lock
+file all in the shard's directory):
 
-* a (patient, query) stream's resources stay in memory (or a spool file, past ``spill_bytes``) until the pull
-  marks the stream complete; then they are appended to ``<Type>.ndjson.part`` and one journal line records
-  the stream, the new size of every part file it touched and its resource counts;
-* a shard that starts again (its worker was killed and Dask ran it elsewhere, or the job is resumed) reads
-  the journal (a torn last line is ignored), truncates each part file to its journalled size and skips the
-  journalled streams: nothing is lost, nothing is written twice;
+* a (patient, query) stream's resources reach ``<Type>.ndjson.part`` only once the pull marks the stream
+  complete, and one journal line records it;
+* a shard that starts again (its worker was killed and Dask ran it elsewhere, or the job is resumed) resumes
+  from its journal: nothing is lost, nothing is written twice;
+* the lock file (``flock``) keeps two runs of one shard from writing at once (a worker that Dask gave up on
+  while it still ran); the kernel releases it when a process dies, even by SIGKILL;
 * a finished shard writes ``done.json`` (counts and failed streams) with a rename, after its part files are
-  flushed to disk; a shard that finds it returns it without a request.
-
-A lock file (``flock``) keeps two runs of one shard from writing at once (a worker that Dask gave up on
-while it still ran); the kernel releases it when a process dies, even by SIGKILL.
+  flushed to disk; a shard that finds it (under the lock) returns it without a request.
 
 The driver merges the shards in their order into ``<Type>.ndjson`` (written beside, flushed, then renamed:
 a final file is never half-written) and removes the state directory unless some stream failed, in which
@@ -26,28 +24,20 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import anyio
 
 from .. import _json
-from .._json import dumps_line
-from ..pull import PullItem
-
-try:  # POSIX; elsewhere two runs of one shard are not guarded against (Dask does not normally do that)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from ..pull import NDJSONSink, PullItem
 
 __all__ = ["STATE_DIR", "ShardOutcome", "ShardSink", "merge_shards", "shard_dir"]
 
 STATE_DIR = ".epic-fhir-fleet"
-JOURNAL = "journal.ndjson"
 DONE = "done.json"
-LOCK = "lock"
 _VERSION = 1
 
 
@@ -73,28 +63,17 @@ class ShardOutcome:
         return cls(dict(data["counts"]), int(data["streams"]), [list(f) for f in data["failed"]])
 
 
-@dataclass
-class _StreamBuffer:
-    lines: dict[str, list[bytes]] = field(default_factory=dict)
-    size: int = 0
-    spools: dict[str, Path] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-
-
 class ShardSink:
     """One shard's output and checkpoint (the pull's ``checkpoint=``); see the module docstring."""
 
     def __init__(self, directory: Path, *, spill_bytes: int = 8 << 20) -> None:
         self.dir = directory
-        self.spill_bytes = spill_bytes
-        self._done: set[tuple[str, str]] = set()
-        self._offsets: dict[str, int] = {}
-        self.counts: dict[str, int] = {}  # committed resources per type, earlier runs of the shard included
-        self._buffers: dict[tuple[str, str], _StreamBuffer] = {}
-        self._files: dict[str, IO[bytes]] = {}
-        self._journal: IO[bytes] | None = None
-        self._lock: IO[bytes] | None = None
-        self._spool_seq = 0
+        self.output = NDJSONSink(directory, state_dir=directory, spill_bytes=spill_bytes, lock=True)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Committed resources per type, earlier runs of the shard included."""
+        return self.output.total_counts
 
     @property
     def resources(self) -> int:
@@ -102,186 +81,70 @@ class ShardSink:
 
     @property
     def streams_done(self) -> int:
-        return len(self._done)
+        return self.output.streams_done
 
     # -- set-up --------------------------------------------------------------------------------------------
     async def open(self, *, retry_failed: bool) -> ShardOutcome | None:
         """Take the shard's lock and load its journal. Returns the stored outcome when the shard already
         finished (then nothing is to be done), unless ``retry_failed`` and some of its streams failed."""
-        await anyio.to_thread.run_sync(lambda: self.dir.mkdir(parents=True, exist_ok=True))
-        # Another run of this shard may still write (Dask gave up on its worker): poll the kernel's lock, which
-        # has no event to wait on.
-        while not await anyio.to_thread.run_sync(self._try_lock):  # noqa: ASYNC110
-            await anyio.sleep(0.2)
         stored: ShardOutcome | None = None
+        opened = False
         try:
-            stored = await anyio.to_thread.run_sync(self._open_sync, retry_failed)
+            # Under the lock: a run that still writes (Dask gave up on its worker) may be about to finish.
+            await self.output.acquire_lock()
+            stored = await anyio.to_thread.run_sync(self._finished_sync, retry_failed)
+            if stored is None:
+                await self.output.open(resume=True)
+                opened = True
         finally:
-            if stored is not None or self._journal is None:  # finished already, or failed to open: let go
+            if not opened:  # finished already, or failed to open: let go of the lock
                 with anyio.CancelScope(shield=True):
-                    await self.aclose()
+                    await self.output.aclose()
         return stored
 
-    def _try_lock(self) -> bool:
-        handle = (self.dir / LOCK).open("ab")
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                return False
-        self._lock = handle
-        return True
-
-    def _open_sync(self, retry_failed: bool) -> ShardOutcome | None:
+    def _finished_sync(self, retry_failed: bool) -> ShardOutcome | None:
         done = self.dir / DONE
-        if done.exists():
-            outcome = ShardOutcome.from_json(_json.loads(done.read_bytes()))
-            if not (retry_failed and outcome.failed):
-                return outcome
+        if not done.exists():
+            return None
+        outcome = ShardOutcome.from_json(_json.loads(done.read_bytes()))
+        if retry_failed and outcome.failed:
             done.unlink()  # a resumed job retries the failed streams; the journal skips the others
-        for spool in self.dir.glob("spool-*"):
-            spool.unlink()
-        journal = self.dir / JOURNAL
-        if journal.exists():
-            self._read_journal(journal)
-        for rtype, size in self._offsets.items():
-            with self._part(rtype).open("ab") as f:
-                f.truncate(size)  # drop a stream that was being appended when the last run died
-        for part in self.dir.glob("*.ndjson.part"):
-            if part.name.removesuffix(".ndjson.part") not in self._offsets:
-                part.unlink()
-        self._journal = journal.open("ab")
-        if not self._done:
-            self._journal.write(dumps_line({"version": _VERSION}))
-            self._journal.flush()
-        return None
-
-    def _read_journal(self, journal: Path) -> None:
-        data = journal.read_bytes()
-        good = 0
-        for raw in data.splitlines(keepends=True):
-            if not raw.endswith(b"\n"):
-                break  # torn last line: that stream's commit never finished
-            try:
-                entry = _json.loads(raw)
-            except ValueError:
-                break
-            good += len(raw)
-            if "p" in entry:
-                self._done.add((entry["p"], entry["q"]))
-                self._offsets.update(entry["o"])
-                for rtype, n in entry["n"].items():
-                    self.counts[rtype] = self.counts.get(rtype, 0) + n
-        with journal.open("ab") as f:
-            f.truncate(good)
-
-    def _part(self, rtype: str) -> Path:
-        return self.dir / f"{rtype}.ndjson.part"
+            return None
+        return outcome
 
     # -- the pull's checkpoint protocol -------------------------------------------------------------------
     def is_complete(self, patient_id: str, query: str) -> bool:
-        return (patient_id, query) in self._done
+        return self.output.is_complete(patient_id, query)
 
     async def add(self, item: PullItem) -> None:
-        # The hot path (once per resource): the line is all the work; counts are made at commit time.
-        key = (item.patient_id, item.query)
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = _StreamBuffer()
-        line = dumps_line(item.resource)
-        lines = buf.lines.get(item.resource_type)
-        if lines is None:
-            lines = buf.lines[item.resource_type] = []
-        lines.append(line)
-        buf.size += len(line)
-        if buf.size >= self.spill_bytes:
-            await anyio.to_thread.run_sync(self._spill_sync, buf)
-
-    def _spill_sync(self, buf: _StreamBuffer) -> None:
-        for rtype, lines in buf.lines.items():
-            buf.counts[rtype] = buf.counts.get(rtype, 0) + len(lines)
-            spool = buf.spools.get(rtype)
-            if spool is None:
-                self._spool_seq += 1
-                spool = buf.spools[rtype] = self.dir / f"spool-{self._spool_seq}"
-            with spool.open("ab") as f:
-                f.writelines(lines)
-        buf.lines.clear()
-        buf.size = 0
+        await self.output.add(item)
 
     async def mark_complete(self, patient_id: str, query: str) -> None:
-        buf = self._buffers.pop((patient_id, query), None) or _StreamBuffer()
-        await anyio.to_thread.run_sync(self._commit_sync, patient_id, query, buf)
-        self._done.add((patient_id, query))
-
-    def _commit_sync(self, patient_id: str, query: str, buf: _StreamBuffer) -> None:
-        touched: dict[str, int] = {}
-        for rtype in {*buf.spools, *buf.lines}:
-            f = self._files.get(rtype)
-            if f is None:
-                f = self._files[rtype] = self._part(rtype).open("ab")
-            spool = buf.spools.get(rtype)
-            if spool is not None:
-                with spool.open("rb") as src:
-                    shutil.copyfileobj(src, f, 1 << 20)
-                spool.unlink()
-            lines = buf.lines.get(rtype, ())
-            buf.counts[rtype] = buf.counts.get(rtype, 0) + len(lines)
-            f.writelines(lines)
-            f.flush()
-            touched[rtype] = self._offsets[rtype] = f.tell()
-        for rtype, n in buf.counts.items():
-            self.counts[rtype] = self.counts.get(rtype, 0) + n
-        assert self._journal is not None
-        self._journal.write(dumps_line({"p": patient_id, "q": query, "o": touched, "n": buf.counts}))
-        self._journal.flush()
+        await self.output.mark_complete(patient_id, query)
 
     async def mark_failed(self, patient_id: str, query: str) -> None:
-        buf = self._buffers.pop((patient_id, query), None)
-        if buf is not None and buf.spools:
-            await anyio.to_thread.run_sync(_unlink_all, buf.spools.values())
+        await self.output.mark_failed(patient_id, query)
 
     # -- the end -------------------------------------------------------------------------------------------
     async def finish(self, failed: list[list[str]]) -> ShardOutcome:
         """Record the finished shard (``done.json``, after its parts are on disk) and release the lock."""
-        outcome = ShardOutcome(dict(self.counts), len(self._done), failed)
+        outcome = ShardOutcome(self.counts, self.streams_done, failed)
         try:
-            await anyio.to_thread.run_sync(self._finish_sync, outcome)
+            await self.output.sync()
+            await anyio.to_thread.run_sync(self._write_done_sync, outcome)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
         return outcome
 
-    def _finish_sync(self, outcome: ShardOutcome) -> None:
-        for f in self._files.values():
-            os.fsync(f.fileno())
+    def _write_done_sync(self, outcome: ShardOutcome) -> None:
         tmp = self.dir / f".{DONE}.tmp"
         tmp.write_bytes(_json.dumps(outcome.to_json()))
         tmp.replace(self.dir / DONE)
 
     async def aclose(self) -> None:
         """Close files and release the lock; what was committed stays for the next run of the shard."""
-        await anyio.to_thread.run_sync(self._close_sync)
-
-    def _close_sync(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        for buf in self._buffers.values():
-            _unlink_all(buf.spools.values())
-        self._buffers.clear()
-        if self._lock is not None:
-            self._lock.close()  # closing the descriptor releases the flock
-            self._lock = None
-
-
-def _unlink_all(paths: Iterable[Path]) -> None:
-    for p in paths:
-        p.unlink(missing_ok=True)
+        await self.output.aclose()
 
 
 # -- the driver's side --------------------------------------------------------------------------------------

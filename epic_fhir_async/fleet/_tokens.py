@@ -10,9 +10,9 @@ lock, so one task per process is here at a time. Across processes:
   any machine is compared with another's) and releases the lock. The other workers wait for the new entry.
 * "Fresh" uses the manager's own margin (``min(leeway, 10 % of the lifetime)``, from the stored lifetime), so
   a worker never receives a token its manager would refuse, which would make it fetch one outside the lock.
-* A 401 drops the shared entry only if it still holds the token that failed (:meth:`delete` with the token,
-  or :meth:`forget_value` from the fleet's transport, which sees the 401 and the token it carried); a token
-  another worker already replaced stays.
+* A 401 drops the shared entry only if it still holds the token that failed: the token manager calls
+  :meth:`delete` with the refused token before it refreshes, so the refresh goes through the lock (one token
+  request for the fleet); a token another worker already replaced stays.
 * Tokens rebuilt from Redis are kept per key and handed out as the *same object* while the value is the
   same: the manager recognises the token it rejected by identity, so it never reinstalls it.
 
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .. import _json
+from .._redis import redis_errors
 from ..auth import AccessToken, TokenCacheKey
 from ..auth._token_manager import refresh_margin
 
@@ -99,7 +100,6 @@ class RedisTokenCache:
         self._clock = clock
         self._owner = secrets.token_hex(16)
         self._memo: dict[str, AccessToken] = {}
-        self._names: set[str] = set()
         self._set = client.register_script(_SET)
         self._lock = client.register_script(_LOCK)
         self._delete_if = client.register_script(_DELETE_IF)
@@ -111,7 +111,6 @@ class RedisTokenCache:
     def _keys(self, key: TokenCacheKey) -> tuple[str, str]:
         digest = hashlib.sha256("\n".join(key).encode()).hexdigest()[:24]
         base = f"{self._prefix}:token:{{{digest}}}"  # a hash tag: both keys in one slot on a Redis Cluster
-        self._names.add(base)
         return base, f"{base}:lock"
 
     # -- the TokenCache protocol ----------------------------------------------------------------------------
@@ -136,7 +135,7 @@ class RedisTokenCache:
                     # (one more token request, but never a stuck job).
                     return None
                 await anyio.sleep(self._poll)
-        except _redis_errors() as exc:
+        except redis_errors() as exc:
             self._warn("read the shared token", exc)
             return None
 
@@ -154,7 +153,7 @@ class RedisTokenCache:
         payload = fingerprint(token.value).encode() + _json.dumps(body)
         try:
             await self._set(keys=[entry, lock], args=[payload, remaining_ms, self._owner])
-        except _redis_errors() as exc:
+        except redis_errors() as exc:
             self._warn("store the shared token", exc)
             return
         self._memo[entry] = token
@@ -166,16 +165,7 @@ class RedisTokenCache:
                 await self._redis.delete(entry)
             else:
                 await self._delete_if(keys=[entry], args=[fingerprint(token.value)])
-        except _redis_errors() as exc:
-            self._warn("drop the shared token", exc)
-
-    async def forget_value(self, value: str) -> None:
-        """After a 401: drop every entry of this cache that still holds the token ``value``."""
-        mark = fingerprint(value)
-        try:
-            for entry in list(self._names):
-                await self._delete_if(keys=[entry], args=[mark])
-        except _redis_errors() as exc:
+        except redis_errors() as exc:
             self._warn("drop the shared token", exc)
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -222,9 +212,3 @@ class RedisTokenCache:
     def _warn(self, what: str, exc: BaseException) -> None:
         # The exception's type only: a redis error's text can quote the URL, password included.
         logger.warning("could not %s in Redis (%s): this worker uses its own token", what, type(exc).__name__)
-
-
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    import redis.exceptions
-
-    return (redis.exceptions.RedisError, OSError)

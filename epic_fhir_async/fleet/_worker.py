@@ -114,7 +114,7 @@ class _Runtime:
         )
         return spec.build(
             cache=tokens,
-            wrap=lambda inner: FleetTransport(inner, budget=budget, tokens=tokens, policy=spec.retry),
+            wrap=lambda inner: FleetTransport(inner, budget=budget, policy=spec.retry),
         )
 
     def token_fetches(self) -> int:

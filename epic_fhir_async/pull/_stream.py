@@ -198,6 +198,7 @@ class PullStream:
                 self._chunk = None
                 if chunk.last:
                     await self._finish_stream(chunk)
+                del chunk  # not held across the wait below: freed now, while its objects are still cached
             if self._state == "running" and self._receive is not None:
                 try:
                     self._chunk = await self._receive.receive()
@@ -302,12 +303,16 @@ class PullStream:
         try:
             while True:
                 chunk = await self._step(stream)
-                if chunk is None:
+                if chunk is None or chunk.last:
+                    if chunk is not None:
+                        await self._deliver(chunk)
                     break
-                if chunk.resources or chunk.last:
+                if chunk.resources:
                     await self._deliver(chunk)
-                if chunk.last:
-                    break
+                # Let go of the page now: held here until the next page arrives, the consumer's last reference
+                # is not the last one, and its thousands of objects are freed after the next parse, cold in
+                # the cache (measured: a fifth of the pull's CPU beyond the hand-written loop).
+                del chunk
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the consumer left: nothing to deliver to
         finally:

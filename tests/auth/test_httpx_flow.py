@@ -12,14 +12,18 @@ import anyio
 import httpx
 import pytest
 
+from epic_fhir_async import TokenRequestError
 from epic_fhir_async.auth import (
     AccessToken,
     BackendServicesAuth,
     ClientSecretAuth,
+    InMemoryTokenCache,
     RefreshTokenAuth,
     SigningKey,
     StaticTokenAuth,
+    TokenCacheKey,
 )
+from tests.conftest import json_response
 
 if TYPE_CHECKING:
     from tests.auth.conftest import Connect, FakeClock
@@ -92,6 +96,42 @@ async def test_fifty_tasks_with_401_cause_one_refresh(
                 tg.start_soon(read, i)
     assert statuses == [200] * 50
     assert fake.token_requests == 2
+
+
+async def test_a_401_drops_the_shared_cache_entry_only_while_it_holds_the_refused_token(
+    fake: FakeEpic, connect: Connect, rsa_key: SigningKey
+) -> None:
+    cache = InMemoryTokenCache()
+    key = TokenCacheKey(fake.token_url, fake.client_id, "")
+    first = BackendServicesAuth(fake.client_id, rsa_key, token_url=fake.token_url, cache=cache)
+    second = BackendServicesAuth(fake.client_id, rsa_key, token_url=fake.token_url, cache=cache)
+    async with connect(first) as http_first, connect(second) as http_second:
+        assert (await http_first.get(f"{fake.base}/Patient/a")).status_code == 200
+        assert (await http_second.get(f"{fake.base}/Patient/a")).status_code == 200  # the cached token
+        refused = await cache.get(key)
+        assert refused is not None
+        assert fake.token_requests == 1
+        fake.revoked.add(refused.value)
+        # The token endpoint refuses the refresh: the refused token must not stay in the shared cache, where
+        # every other auth would pick it up and fail with it.
+        fake.scripted = [
+            json_response(400, {"error": "unauthorized_client", "error_description": "disabled"})
+        ]
+        with pytest.raises(TokenRequestError):
+            await http_first.get(f"{fake.base}/Patient/a")
+        assert await cache.get(key) is None
+
+        assert (await http_first.get(f"{fake.base}/Patient/a")).status_code == 200  # a new token, shared
+        replacement = await cache.get(key)
+        assert replacement is not None
+        assert replacement is not refused
+        requests = fake.token_requests
+        # The second auth still holds the refused token: its 401 must not drop the replacement, which it then
+        # uses without a token request of its own.
+        assert (await http_second.get(f"{fake.base}/Patient/b")).status_code == 200
+        assert await cache.get(key) is replacement
+        assert fake.token_requests == requests
+        assert second.token_manager.current is replacement
 
 
 async def test_expiry_between_bursts_costs_one_request_each(

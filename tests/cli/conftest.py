@@ -168,8 +168,10 @@ def served_key(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
 class ServedSandbox:
     """``epic-fhir sandbox`` as a server process; its banner and its stderr (the refusal log) are kept."""
 
-    def __init__(self, key: KeyPair, *flags: str) -> None:
-        argv = [*epic_fhir_command(), "sandbox", "--port", "0", "--patients", "4", "--export-seconds", "0"]
+    def __init__(self, key: KeyPair, *flags: str, quick_exports: bool = True) -> None:
+        argv = [*epic_fhir_command(), "sandbox", "--port", "0", "--patients", "4"]
+        if quick_exports:  # exports complete at once (off: the sandbox's own default, or --epic-bulk's)
+            argv += ["--export-seconds", "0"]
         argv += ["--client", f"{SERVED_CLIENT}={key.jwks}", *flags]
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8"

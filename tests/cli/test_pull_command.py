@@ -5,7 +5,6 @@ that is not a terminal."""
 from __future__ import annotations
 
 import re
-import socket
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from epic_fhir_async.cli._main import main
 from epic_fhir_async.cli._pull_sink import STATE_DIR, NDJSONSink
 from epic_fhir_async.sandbox import EpicSandbox, SandboxConfig
 from epic_fhir_async.sandbox._data import build_dataset
+from tests._processes import free_port
 from tests.cli.conftest import SERVED_CLIENT, KeyPair, ServedSandbox, Shell
 
 if TYPE_CHECKING:
@@ -75,10 +75,6 @@ def test_an_argument_that_is_neither_file_nor_id_is_refused(
 
 
 # -- set-up errors leave nothing behind ------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize(
@@ -102,7 +98,7 @@ def test_set_up_errors_write_nothing_and_give_no_resume_hint(
         argv[argv.index("--client-id") + 1] = "nobody"
         message = "invalid_client"
     elif problem == "unreachable":
-        base = f"http://127.0.0.1:{_free_port()}/api/FHIR/R4"
+        base = f"http://127.0.0.1:{free_port()}/api/FHIR/R4"
         argv[argv.index("--base-url") + 1] = base
         argv[argv.index("--token-url") + 1] = f"{base}/token"
 

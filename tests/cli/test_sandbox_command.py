@@ -189,3 +189,102 @@ def test_static_token_works_for_other_tools_and_refusals_are_logged(
 def test_static_token_must_be_a_token() -> None:
     with pytest.raises(SystemExit, match="--static-token must be a non-empty token without spaces"):
         _sandbox.build_sandbox(_parse("--patients", "0", "--static-token", "two words"))
+
+
+# -- the emulator's options as flags: --no-outside-records, --epic-bulk ---------------------------------------
+CAMILA = "erXuFYUfucBZaryVksYEcMg3"
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+
+
+def _outcome_codes(base_url: str, token: str, query: str) -> list[str]:
+    """Epic's codes of the OperationOutcome entries that end a searchset."""
+    bundle = httpx.get(f"{base_url}/{query}", headers=_bearer(token), timeout=10)
+    assert bundle.status_code == 200, bundle.text
+    return [
+        coding["code"]
+        for entry in bundle.json().get("entry", [])
+        if entry["resource"]["resourceType"] == "OperationOutcome"
+        for issue in entry["resource"]["issue"]
+        for coding in issue.get("details", {}).get("coding", [])
+    ]
+
+
+def test_no_outside_records_ends_searchsets_without_epics_warnings(served_key: KeyPair) -> None:
+    plain = ServedSandbox(served_key, "--static-token", "t1")
+    quiet = ServedSandbox(served_key, "--static-token", "t2", "--no-outside-records")
+    try:
+        for query in (f"Condition?patient={CAMILA}", f"Procedure?patient={CAMILA}"):
+            assert "59204" in _outcome_codes(plain.base_url, "t1", query)  # as on Epic's sandbox
+            codes = _outcome_codes(quiet.base_url, "t2", query)
+            assert "59204" not in codes, codes
+            assert "59205" not in codes, codes
+    finally:
+        plain.stop()
+        quiet.stop()
+
+
+def _kick_off(sandbox: ServedSandbox, token: str) -> httpx.Response:
+    group = sandbox.fields["Group id"].split()[0]
+    headers = {**_bearer(token), "Prefer": "respond-async"}
+    return httpx.get(f"{sandbox.base_url}/Group/{group}/$export", headers=headers, timeout=10)
+
+
+def test_epic_bulk_runs_exports_as_epic_does(served_key: KeyPair) -> None:
+    sandbox = ServedSandbox(served_key, "--static-token", "tok", "--epic-bulk", quick_exports=False)
+    try:
+        started = _kick_off(sandbox, "tok")
+        assert started.status_code == 202, started.text
+        status_url = started.headers["content-location"]
+        poll = httpx.get(status_url, headers=_bearer("tok"), timeout=10)
+        assert poll.status_code == 202  # three hours of sandbox time: still running
+        assert "retry-after" not in poll.headers
+        assert "x-progress" not in poll.headers
+        assert httpx.delete(status_url, headers=_bearer("tok"), timeout=10).status_code == 202
+        again = _kick_off(sandbox, "tok")  # the job is gone, but Epic's once-a-day window holds
+        assert again.status_code == 429, again.text
+        assert "59159" in again.text
+        assert 86000 < int(again.headers["retry-after"]) <= 86400
+    finally:
+        sandbox.stop()
+
+
+def test_without_epic_bulk_polls_say_when_to_come_back_and_kick_offs_are_not_throttled(
+    served_key: KeyPair,
+) -> None:
+    sandbox = ServedSandbox(served_key, "--static-token", "tok", quick_exports=False)
+    try:
+        started = _kick_off(sandbox, "tok")
+        assert started.status_code == 202, started.text
+        status_url = started.headers["content-location"]
+        poll = httpx.get(status_url, headers=_bearer("tok"), timeout=10)
+        assert poll.status_code == 202  # a two-second job
+        assert "retry-after" in poll.headers
+        assert "x-progress" in poll.headers
+        assert httpx.delete(status_url, headers=_bearer("tok"), timeout=10).status_code == 202
+        assert _kick_off(sandbox, "tok").status_code == 202
+    finally:
+        sandbox.stop()
+
+
+def test_an_export_flag_given_with_epic_bulk_overrides_its_part() -> None:
+    from epic_fhir_async.sandbox import SandboxConfig
+
+    sb = _sandbox.build_sandbox(_parse("--patients", "0", "--epic-bulk", "--export-cooldown", "0"))
+    epic = SandboxConfig.epic_bulk()
+    assert sb.config.export_cooldown == 0.0
+    assert (sb.config.export_seconds, sb.config.export_progress_headers) == (epic.export_seconds, False)
+    plain = _sandbox.build_sandbox(_parse("--patients", "0"))
+    assert (plain.config.export_seconds, plain.config.export_cooldown) == (2.0, 0.0)
+    assert plain.config.outside_records is True
+
+
+def test_help_names_the_new_flags(shell: Shell) -> None:
+    shown = shell("sandbox", "--help")
+    assert shown.status == 0, str(shown)
+    text = " ".join(shown.out.split())
+    assert '--no-outside-records end clinical searchsets without Epic\'s "Outside Record" warnings' in text
+    assert "--epic-bulk run Bulk Data exports as Epic does" in text
+    assert "(default 2.0; 10800.0 with --epic-bulk)" in text

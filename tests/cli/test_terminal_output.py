@@ -8,7 +8,6 @@ first progress line at once instead of blank lines where a bar would be, the sam
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests._processes import missing
 from tests.cli.conftest import ServedSandbox, Shell, epic_fhir_command
 
 CAMILA = "erXuFYUfucBZaryVksYEcMg3"
-IN_CI = os.environ.get("CI") == "true"
 
 
 class Tmux:
@@ -79,9 +78,7 @@ class Tmux:
 @pytest.fixture
 def tmux(tmp_path: Path) -> Iterator[Tmux]:
     if shutil.which("tmux") is None:
-        if IN_CI:
-            pytest.fail("tmux is missing: .ci/run installs it (apt-get install tmux)")
-        pytest.skip("tmux is not installed")
+        missing("tmux is not installed (Debian: apt-get install tmux; .ci/run installs it)")
     terminal = Tmux(tmp_path)
     try:
         yield terminal

@@ -13,6 +13,29 @@ import pytest
 
 import epic_fhir_async
 
+#: Names each namespace loads on first use (their modules are not imported by ``import epic_fhir_async``).
+LAZY = {
+    "": {"SmartLaunch"},
+    "auth": {
+        "AuthorizationRequest",
+        "IdTokenVerifier",
+        "InMemoryTokenSetStore",
+        "PendingSignIn",
+        "RedisTokenSetStore",
+        "SmartLaunch",
+        "SmartSessions",
+        "TokenCipher",
+        "TokenSetStore",
+    },
+}
+
+
+def fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter (nothing imported yet)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
 
 def test_all_lists_every_public_name_and_only_existing_ones() -> None:
     public = {
@@ -20,7 +43,7 @@ def test_all_lists_every_public_name_and_only_existing_ones() -> None:
         for name, value in vars(epic_fhir_async).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType) and name != "annotations"
     }
-    assert set(epic_fhir_async.__all__) == public | {"__version__"}
+    assert set(epic_fhir_async.__all__) == public | LAZY[""] | {"__version__"}
     for name in epic_fhir_async.__all__:
         assert hasattr(epic_fhir_async, name), name
 
@@ -33,7 +56,9 @@ def test_each_sub_namespace_exports_exactly_its_public_names(namespace: str) -> 
         for name, value in vars(module).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType) and name != "annotations"
     }
-    assert set(module.__all__) == public
+    assert set(module.__all__) == public | LAZY.get(namespace, set())
+    for name in module.__all__:
+        assert hasattr(module, name), name
 
 
 @pytest.mark.parametrize(
@@ -49,9 +74,24 @@ def test_a_name_that_moved_to_a_sub_namespace_still_resolves_with_a_deprecation_
     assert name not in epic_fhir_async.__all__
 
 
+def test_the_web_app_names_load_on_first_use_and_only_then() -> None:
+    code = (
+        "import sys, epic_fhir_async;"
+        "from epic_fhir_async.auth import BackendServicesAuth, TokenManager;"
+        "web = ('_id_token', '_redis_store', '_smart_launch', '_smart_request', '_smart_sessions', '_token_store');"
+        "before = [m for m in web if 'epic_fhir_async.auth.' + m in sys.modules];"
+        "from epic_fhir_async.auth import SmartSessions;"
+        "from epic_fhir_async import SmartLaunch;"
+        "print(before, SmartSessions.__name__, SmartLaunch is epic_fhir_async.auth.SmartLaunch)"
+    )
+    assert fresh_python(code) == "[] SmartSessions True"
+
+
 def test_an_unknown_top_level_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="NoSuchThing"):
         getattr(epic_fhir_async, "NoSuchThing")  # noqa: B009 - the dynamic lookup is the point
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        getattr(epic_fhir_async.auth, "NoSuchThing")  # noqa: B009
 
 
 def test_the_top_level_is_small_and_loads_neither_pull_nor_bulk() -> None:
@@ -60,8 +100,7 @@ def test_the_top_level_is_small_and_loads_neither_pull_nor_bulk() -> None:
         "import sys, epic_fhir_async;"
         "print(','.join(m for m in ('epic_fhir_async.pull', 'epic_fhir_async.bulk') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert fresh_python(code) == ""
 
 
 def test_every_exported_error_derives_from_the_root() -> None:
@@ -80,8 +119,7 @@ def test_import_loads_no_optional_extra() -> None:
         " 'pydantic', 'mkdocs', 'mkdocstrings', 'griffe', 'redis', 'distributed') if m in sys.modules];"
         "print(','.join(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert fresh_python(code) == ""
 
 
 # -- library logging ----------------------------------------------------------------------------------------

@@ -1,39 +1,34 @@
 """The documentation site, checked as a reader meets it: built with ``mkdocs build --strict`` into site/, the API
 reference holding every public name and no private one, the command lines of the guides accepted by the real
-parser, and the pages opened in headless Chromium (Debian's package, driven over the DevTools protocol) from a
-server on 127.0.0.1: the reference page of ``EpicFHIRClient`` shows its methods and the site search finds
-them. Screenshots are kept under site/screenshots/.
+parser, and the pages opened in headless Chromium (Debian's package, driven over the DevTools protocol by
+tests/_chromium.py) from a server on 127.0.0.1: the reference page of ``EpicFHIRClient`` shows its methods and
+the site search finds them. Screenshots are kept under site/screenshots/.
 
 Without a ``chromium`` binary the browser test is skipped, except under CI (``CI=true``), where it fails.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import http.server
 import importlib
-import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
 import pytest
 
 import epic_fhir_async
 import epic_fhir_async.auth
 
-if TYPE_CHECKING:
-    from websockets.sync.client import ClientConnection
+from .._chromium import Page, chromium
+from .._processes import missing
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SITE = ROOT / "site"
@@ -44,12 +39,6 @@ _ID = re.compile(r'id="(epic_fhir_async[\w.]*)"')
 pytestmark = pytest.mark.slow
 
 
-def _missing(what: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run this test: {what}")
-    pytest.skip(what)
-
-
 @pytest.fixture(scope="module")
 def site() -> Path:
     """``mkdocs build --strict`` into site/, as ``nox -s docs`` does (a subprocess: the plugins' own warnings
@@ -57,7 +46,7 @@ def site() -> Path:
     try:
         importlib.import_module("mkdocs")
     except ImportError:
-        _missing("mkdocs is not installed (pip install -e '.[docs]')")
+        missing("mkdocs is not installed (pip install -e '.[docs]')")
     build = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(SITE)],
         cwd=ROOT,
@@ -164,106 +153,14 @@ def served(site: Path) -> Iterator[str]:
         thread.join()
 
 
-class Page:
-    """One Chromium tab over the DevTools protocol (a websocket): navigate, evaluate, screenshot."""
-
-    def __init__(self, websocket: ClientConnection) -> None:
-        self._ws = websocket
-        self._next = 0
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self._next += 1
-        ident = self._next
-        self._ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            message = json.loads(self._ws.recv(timeout=20))
-            if message.get("id") == ident:  # events in between are not ours to read
-                assert "error" not in message, message
-                result: dict[str, Any] = message["result"]
-                return result
-        raise AssertionError(f"no answer to {method}")
-
-    def evaluate(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        assert "exceptionDetails" not in result, result
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"still false after {timeout} s: {expression}")
-            time.sleep(0.1)
-
-    def open(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
-        self.wait_for(f"document.readyState === 'complete' && location.href.startsWith({json.dumps(url)})")
-
-    def screenshot(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
-
-
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
-    try:
-        from websockets.sync.client import connect
-    except ImportError:
-        _missing("websockets is not installed (pip install -e '.[dev]')")
-    binary = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
-    if binary is None:
-        _missing("no chromium binary (Debian: apt-get install chromium)")
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    # The flags keep Chromium off the network (this machine has none) and away from the user's profile.
-    process = subprocess.Popen(
-        [
-            str(binary),
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1280,900",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
-            "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        active = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (active.exists() and active.read_text().strip()):
-            assert process.poll() is None, "chromium exited at start"
-            assert time.monotonic() < deadline, "chromium did not open its DevTools port"
-            time.sleep(0.1)
-        port = active.read_text().split()[0]
-        targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-        tab = next(t for t in targets if t["type"] == "page")
-        with connect(tab["webSocketDebuggerUrl"], max_size=None, open_timeout=10) as websocket:
-            page = Page(websocket)
-            page.call("Page.enable")
-            yield page
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as page:
+        yield page
 
 
 def test_the_client_reference_page_shows_its_methods(browser: Page, served: str, site: Path) -> None:
-    browser.open(f"{served}/reference/client/")
+    browser.load(f"{served}/reference/client/")
     shown = browser.evaluate(
         """Array.from(document.querySelectorAll('[id^="epic_fhir_async.EpicFHIRClient."]'))
               .filter(e => e.getBoundingClientRect().height > 0).map(e => e.id)"""
@@ -277,7 +174,7 @@ def test_the_client_reference_page_shows_its_methods(browser: Page, served: str,
 
 
 def test_the_site_search_finds_a_method(browser: Page, served: str, site: Path) -> None:
-    browser.open(f"{served}/")
+    browser.load(f"{served}/")
     browser.wait_for("document.querySelector('input.md-search__input') !== null")
     browser.evaluate(
         """(() => {

@@ -1,6 +1,6 @@
-"""Real components for the fleet's tests: a ``redis-server`` on a free loopback port (no persistence), Dask
-``LocalCluster``s of worker processes, and the embedded sandbox served by uvicorn on 127.0.0.1 in a thread,
-recording when each request arrived. Every process started here is stopped here.
+"""Real components for the fleet's tests: Dask ``LocalCluster``s of worker processes and the embedded sandbox
+served by uvicorn on 127.0.0.1 in a thread, recording when each request arrived. Every process started here is
+stopped here. The ``redis-server`` (``redis_db``) is tests/conftest.py's.
 
 The Redis client (``redis.asyncio``) runs on asyncio only, so the async tests here run on asyncio only.
 """
@@ -10,11 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
-import itertools
 import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -34,8 +30,6 @@ from epic_fhir_async.sandbox._http import Request, Response
 
 pytest.importorskip("distributed", reason="the fleet extra (dask[distributed]) is not installed")
 pytest.importorskip("redis", reason="the fleet extra (redis) is not installed")
-# .ci/run installs redis-server: missing there is a failure, not a skip.
-IN_CI = os.environ.get("CI") == "true"
 
 TYPES = ["Patient", "Condition", "Observation", "MedicationRequest", "Encounter"]
 CLIENT_ID = "fleet-test-client"
@@ -45,61 +39,6 @@ FHIR_PATH = "/api/FHIR/R4"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # redis.asyncio is asyncio-only
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# -- redis-server ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed (.ci/run installs Debian's redis-server)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-_db_counter = itertools.cycle(range(1, 16))  # Redis has 16 databases; 0 is left alone
-
-
-@pytest.fixture
-def redis_db(redis_url: str) -> str:
-    """A Redis database of its own for one test (keys of one test never meet another's)."""
-    return f"{redis_url}/{next(_db_counter)}"
 
 
 # -- Dask -------------------------------------------------------------------------------------------------------

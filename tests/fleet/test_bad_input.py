@@ -4,12 +4,15 @@ not on the workers."""
 
 from __future__ import annotations
 
+import re
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from epic_fhir_async import ConfigurationError
+from epic_fhir_async import ConfigurationError, StoreUnavailable
 from epic_fhir_async.fleet import (
     ClientSpec,
     ClusterUnavailable,
@@ -18,8 +21,10 @@ from epic_fhir_async.fleet import (
     RedisUnavailable,
     fleet_pull,
 )
+from epic_fhir_async.fleet._redis_conn import connect
 
-from .conftest import CLIENT_ID, TYPES, Served, free_port
+from .._processes import free_port
+from .conftest import CLIENT_ID, TYPES, Served
 
 
 def spec_for(served: Served, key: str | None = None) -> ClientSpec:
@@ -38,9 +43,34 @@ def test_a_redis_url_that_does_not_answer_is_refused_before_any_request(
 ) -> None:
     served = sandbox_factory(patients=2)
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    with pytest.raises(RedisUnavailable, match=r"Redis at redis://127\.0\.0\.1:\d+/0 did not answer"):
+    # One ``except StoreUnavailable`` covers the fleet's Redis and a web app's.
+    with pytest.raises(
+        StoreUnavailable, match=r"Redis at redis://127\.0\.0\.1:\d+/0 did not answer"
+    ) as caught:
         fleet_pull(spec_for(served), ["a1"], TYPES, tmp_path / "out", workers=1, redis=dead)
+    assert isinstance(caught.value, RedisUnavailable)
     assert_untouched(served, tmp_path / "out")
+
+
+@pytest.mark.anyio
+async def test_a_redis_that_accepts_but_never_answers_fails_a_worker_within_its_deadline() -> None:
+    with socket.socket() as silent:  # accepts the connection (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        settings = RedisSettings(
+            f"redis://:pw-never-shown@127.0.0.1:{silent.getsockname()[1]}/0", timeout=0.3
+        )
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            await connect(settings)  # what each worker runs before its first shard
+        elapsed = time.monotonic() - started
+    assert isinstance(caught.value, RedisUnavailable)
+    assert elapsed < 2.0  # the deadline, plus one retry at most: never a hang
+    assert re.fullmatch(
+        r"the fleet's shared state: Redis at redis://127\.0\.0\.1:\d+/0 did not answer \(\w+\); check that it "
+        r"runs and is reachable from here",
+        str(caught.value),
+    )
 
 
 def test_the_redis_password_is_never_shown(sandbox_factory: Any, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from epic_fhir_async.cli._main import main
 
-from .conftest import CLIENT_ID, TYPES, Served, assert_exact, free_port, truth
+from .._processes import free_port
+from .conftest import CLIENT_ID, TYPES, Served, assert_exact, truth
 
 
 def args(served: Served, out: Path, *extra: str) -> list[str]:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from epic_fhir_async.auth import AccessToken, TokenCacheKey, TokenManager
 from epic_fhir_async.fleet import RedisTokenCache, SharedBudget
 
-from .conftest import free_port
+from .._processes import free_port
 
 KEY = TokenCacheKey("https://fhir.example.org/oauth2/token", "client-a", "")
 
@@ -121,24 +121,48 @@ async def test_a_due_token_is_refreshed_once_for_every_manager(connections: list
 
 
 @pytest.mark.anyio
-async def test_a_401_drops_the_shared_token_only_while_it_is_still_the_stored_one(
+async def test_a_token_refused_on_every_worker_is_replaced_by_one_token_request(
     connections: list[aioredis.Redis],
 ) -> None:
-    first, second, third = (RedisTokenCache(c) for c in connections)
-    old = make_token("old-token")
-    await first.set(KEY, old)
-    await second.forget_value("some-other-token")
-    assert (await third.get(KEY)) is not None  # another token's 401 leaves this one
+    provider = Provider()
+    managers = [TokenManager(provider, cache=RedisTokenCache(c), cache_key=KEY) for c in connections]
+    held = [await manager.get() for manager in managers]
+    assert provider.calls == 1
+    assert {token.value for token in held} == {"token-1"}
 
-    new = make_token("new-token")
-    await first.set(KEY, new)
-    await second.forget_value("old-token")  # a late 401 of the replaced token
-    stored = await third.get(KEY)
+    async def refused(manager: TokenManager, token: AccessToken) -> None:
+        manager.invalidate(token)  # what the auth flow does on a 401
+        await manager.get()
+
+    # The server revoked the token: each worker's next request gets a 401. Each manager drops the shared entry
+    # that still holds it, so the first takes the refresh lock and the others wait for its token; a refused
+    # entry left in Redis would make every worker fetch its own (it is fresh there, and no lock is taken).
+    async with anyio.create_task_group() as tg:
+        for manager, token in zip(managers[:2], held[:2], strict=True):
+            tg.start_soon(refused, manager, token)
+    assert provider.calls == 2
+    assert [(m.current.value if m.current else None) for m in managers[:2]] == ["token-2"] * 2
+
+    # A late 401 of the replaced token (the third worker still held it) leaves the replacement in Redis.
+    await refused(managers[2], held[2])
+    assert provider.calls == 2
+    current = managers[2].current
+    assert current is not None
+    assert current.value == "token-2"
+    stored = await RedisTokenCache(connections[0]).get(KEY)
     assert stored is not None
-    assert stored.value == "new-token"
+    assert stored.value == "token-2"
 
-    await second.delete(KEY, make_token("new-token"))  # the protocol's delete compares values, not objects
-    assert await connections[0].get(next(iter(first._names))) is None
+
+@pytest.mark.anyio
+async def test_delete_with_a_token_compares_values_not_objects(connections: list[aioredis.Redis]) -> None:
+    writer, other = RedisTokenCache(connections[0]), RedisTokenCache(connections[1])
+    await writer.set(KEY, make_token("stored-token"))
+    await other.delete(KEY, make_token("some-other-token"))
+    assert await RedisTokenCache(connections[2]).get(KEY) is not None  # another token's 401 leaves this one
+    await other.delete(KEY, make_token("stored-token"))  # a token of another worker: an equal value
+    entry, _lock = writer._keys(KEY)
+    assert await connections[2].get(entry) is None
 
 
 @pytest.mark.anyio

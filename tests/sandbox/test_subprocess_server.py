@@ -22,6 +22,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from .._processes import stop
+
 CAMILA = "erXuFYUfucBZaryVksYEcMg3"
 DERRICK = "eq081-VQEgP8drUUqCWzHfw3"
 JASON = "eD.LxhDyX35TntF77l7etUA3"
@@ -188,12 +190,7 @@ def test_epic_fhir_sandbox_subprocess_with_httpx_and_pyjwt(tmp_path: Path) -> No
         assert stats["fhir_requests"] > 5
     finally:
         watchdog.cancel()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=15)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()

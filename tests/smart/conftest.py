@@ -11,12 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-import os
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -325,72 +320,3 @@ def make_launch(fake: FakeSmart, clock: FakeClock) -> MakeLaunch:
             yield SmartLaunch(BASE, **options)
 
     return _make
-
-
-# -- a real redis-server for the web-app session tests --------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _redis_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """``redis://127.0.0.1:<port>`` of a redis-server started for this run (no persistence), stopped after.
-
-    Debian's ``redis-server`` (.ci/run installs it): missing is a skip locally, a failure under ``CI=true``.
-    """
-    pytest.importorskip("redis", reason="the redis extra is not installed")
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed (Debian: apt-get install redis-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not _redis_answers(port):
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-_databases = itertools.count(1)
-
-
-@pytest.fixture
-def redis_db(redis_url: str) -> str:
-    """A Redis database of this test's own (databases 1-15 in turn, emptied first)."""
-    db = 1 + next(_databases) % 15
-    with socket.create_connection(("127.0.0.1", int(redis_url.rsplit(":", 1)[1])), timeout=5) as s:
-        s.sendall(f"SELECT {db}\r\nFLUSHDB\r\n".encode())
-        answer = b""
-        while answer.count(b"\r\n") < 2:
-            answer += s.recv(64)
-    assert answer == b"+OK\r\n+OK\r\n", answer
-    return f"{redis_url}/{db}"

@@ -32,7 +32,7 @@ from epic_fhir_async.auth import (
 )
 from epic_fhir_async.sandbox import EpicSandbox, SandboxClock
 
-from .conftest import free_port
+from .._processes import free_port
 
 NOW = 1_780_000_000.0
 REDIRECT = "https://app.example.org/callback"

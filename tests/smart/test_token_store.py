@@ -1,7 +1,7 @@
 """The token-set stores, their encryption and the Redis lock, one behaviour at a time.
 
-The Redis tests use a real redis-server on loopback (``redis_url`` in conftest.py) and run on asyncio only
-(``redis.asyncio``); the in-memory store and the cipher run on both backends.
+The Redis tests use a real redis-server on loopback (``redis_url`` in tests/conftest.py) and run on asyncio
+only (``redis.asyncio``); the in-memory store and the cipher run on both backends.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from epic_fhir_async import ConfigurationError, StoreUnavailable, TokenSetUnread
 from epic_fhir_async._redis import RedisLock, check_url, connect, get_json, set_json, shown_url
 from epic_fhir_async.auth import InMemoryTokenSetStore, RedisTokenSetStore, SmartTokenSet, TokenCipher
 
-from .conftest import free_port
+from .._processes import free_port
 
 ASYNCIO_ONLY = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ._browser import chromium
-from .conftest import free_port
+from .._chromium import chromium
+from .._processes import free_port
 
 pytest.importorskip("fastapi", reason="examples/fastapi_app.py needs FastAPI")
 pytest.importorskip("uvicorn", reason="the example's serve mode runs uvicorn")

@@ -35,7 +35,7 @@ from epic_fhir_async.auth import (
 )
 from epic_fhir_async.sandbox import EpicSandbox, SandboxClock
 
-from .conftest import free_port
+from .._processes import free_port
 
 APP = "https://smart-app.example"
 REDIRECT = f"{APP}/callback"

@@ -1,13 +1,17 @@
-"""Headless Chromium (Debian's package, no browser download) driven over the DevTools protocol (a websocket).
+"""Headless Chromium (Debian's package, no browser download) driven over the DevTools protocol (a websocket),
+for the tests that open pages as a reader or a user would: the documentation site (tests/docs/test_site.py)
+and the web-app example (tests/smart/test_web_app_browser.py).
 
-Enough of it for the web-app test: open a URL, evaluate JavaScript, wait for a condition, read cookies. The
-browser runs with a fresh profile and no background networking; it is stopped when the context ends.
+Enough of the protocol for them: open a URL, evaluate JavaScript, wait for a condition, read cookies, take a
+screenshot. The browser runs with a fresh profile, no background networking and its DevTools port on
+127.0.0.1; it is stopped when the context ends. Without a ``chromium`` binary (or the websockets package) the
+test is skipped, except under CI (``CI=true``), where it fails.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -17,21 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
+
+from ._processes import missing, stop
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
 
 
-def missing(what: str) -> None:
-    """Skip locally; fail under CI (``CI=true``), where .ci/run installs what the test needs."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run this test: {what}")
-    pytest.skip(what)
-
-
 class Page:
-    """One Chromium tab: navigate, evaluate, wait for a condition, read cookies."""
+    """One Chromium tab: navigate, evaluate, wait for a condition, read cookies, take a screenshot."""
 
     def __init__(self, websocket: ClientConnection) -> None:
         self._ws = websocket
@@ -66,14 +64,25 @@ class Page:
             time.sleep(0.05)
 
     def open(self, url: str) -> None:
+        """Start navigating to ``url`` (which may redirect elsewhere: wait for what the test expects)."""
         self.call("Page.navigate", url=url)
+
+    def load(self, url: str) -> None:
+        """Navigate to ``url`` and wait until that document has loaded (for a page that does not redirect)."""
+        self.open(url)
+        self.wait_for(f"document.readyState === 'complete' && location.href.startsWith({json.dumps(url)})")
 
     def cookies(self, url: str) -> dict[str, str]:
         return {c["name"]: c["value"] for c in self.call("Network.getCookies", urls=[url])["cookies"]}
 
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
 
 @contextmanager
 def chromium(profile: Path) -> Iterator[Page]:
+    """A headless Chromium with its profile in ``profile`` (a fresh folder), and its first tab."""
     try:
         from websockets.sync.client import connect
     except ImportError:
@@ -84,7 +93,7 @@ def chromium(profile: Path) -> Iterator[Page]:
     # The flags keep Chromium off the network (loopback only) and away from the user's profile.
     process = subprocess.Popen(
         [
-            str(binary),
+            binary,
             "--headless=new",
             "--no-sandbox",
             "--disable-gpu",
@@ -93,6 +102,7 @@ def chromium(profile: Path) -> Iterator[Page]:
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
+            "--window-size=1280,900",
             f"--user-data-dir={profile}",
             "--remote-debugging-address=127.0.0.1",
             "--remote-debugging-port=0",
@@ -116,9 +126,4 @@ def chromium(profile: Path) -> Iterator[Page]:
             page.call("Page.enable")
             yield page
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)

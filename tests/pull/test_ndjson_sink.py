@@ -1,4 +1,5 @@
-"""The CLI's crash-safe NDJSON sink: commit per completed stream, journal, truncate on resume, rename at end."""
+"""The pull's crash-safe NDJSON sink (``epic-fhir pull`` and each fleet shard write with it): commit per
+completed stream, journal, truncate on resume, rename at end."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from epic_fhir_async import _json
-from epic_fhir_async.cli._pull_sink import STATE_DIR, NDJSONSink, OutputStateError
-from epic_fhir_async.pull._values import PullItem
+from epic_fhir_async import ConfigurationError, _json
+from epic_fhir_async.pull import NDJSONSink, PullItem
+
+STATE_DIR = NDJSONSink.STATE_DIR
 
 pytestmark = pytest.mark.anyio
 
@@ -37,7 +39,7 @@ async def test_crash_then_resume_keeps_exactly_the_completed_streams(tmp_path: P
         f.write(b'{"p":"b","q":"Condition","o":{"Condition":9')  # torn journal line
     assert not (tmp_path / "Condition.ndjson").exists()  # no final file before the end
 
-    with pytest.raises(OutputStateError, match="--resume"):
+    with pytest.raises(ConfigurationError, match="holds an interrupted pull: open it with resume=True"):
         await NDJSONSink(tmp_path).open(resume=False)
 
     sink = NDJSONSink(tmp_path)
@@ -89,3 +91,56 @@ async def test_finished_with_failures_can_resume_the_failed_streams(tmp_path: Pa
     await sink.mark_complete("b", "Condition")
     files = await sink.finish(keep_state=False)
     assert ids(files["Condition"]) == ["a-0", "b-0"]
+
+
+async def test_a_journal_of_an_earlier_version_without_counts_resumes(tmp_path: Path) -> None:
+    # What `epic-fhir pull` journalled before the writer was shared with the fleet: no "n" (counts) per stream.
+    (tmp_path / STATE_DIR).mkdir()
+    line = b'{"resourceType":"Condition","id":"a-0"}\n'
+    (tmp_path / "Condition.ndjson.part").write_bytes(line)
+    (tmp_path / STATE_DIR / "journal.ndjson").write_bytes(
+        b'{"version":1}\n{"p":"a","q":"Condition","o":{"Condition":%d}}\n' % len(line)
+    )
+    sink = NDJSONSink(tmp_path)
+    await sink.open(resume=True)
+    assert sink.is_complete("a", "Condition")
+    await sink.add(item("b", "Condition", 0))
+    await sink.mark_complete("b", "Condition")
+    assert sink.counts == {"Condition": 1}  # this run's
+    files = await sink.finish(keep_state=False)
+    assert ids(files["Condition"]) == ["a-0", "b-0"]
+
+
+async def test_total_counts_add_the_earlier_runs_from_the_journal(tmp_path: Path) -> None:
+    sink = NDJSONSink(tmp_path)
+    await sink.open(resume=False)
+    for n in range(2):
+        await sink.add(item("a", "Condition", n))
+    await sink.mark_complete("a", "Condition")
+    await sink.aclose()
+
+    again = NDJSONSink(tmp_path)
+    await again.open(resume=True)
+    await again.add(item("b", "Condition", 0))
+    await again.add(item("b", "Patient", 0, rtype="Patient"))
+    await again.mark_complete("b", "Condition")
+    await again.mark_complete("b", "Patient")
+    assert again.counts == {"Condition": 1, "Patient": 1}
+    assert again.total_counts == {"Condition": 3, "Patient": 1}
+    await again.aclose()
+
+
+async def test_state_kept_beside_the_files_is_removed_without_touching_them(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    sink = NDJSONSink(tmp_path, state_dir=tmp_path, lock=True)
+    await sink.open(resume=False)
+    await sink.add(item("a", "Condition", 0))
+    await sink.mark_complete("a", "Condition")
+    files = await sink.finish(keep_state=False)
+    assert ids(files["Condition"]) == ["a-0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Condition.ndjson", "notes.txt"]
+
+
+def test_spill_bytes_must_be_a_positive_number_of_bytes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="spill_bytes=0"):
+        NDJSONSink(tmp_path, spill_bytes=0)
