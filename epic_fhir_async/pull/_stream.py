@@ -38,6 +38,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._config import LOGGER_NAME
 from .._errors import ConfigurationError, PullError
+from .._outcome import OperationOutcome
 from ._checkpoint import StreamCheckpoint
 from ._queries import EpicExpansion, PatientIds, PullQuery, UniqueIds, expand_queries
 from ._values import (
@@ -57,6 +58,9 @@ from ._values import (
 __all__ = ["PullStream", "Rounds", "pull"]
 
 logger = logging.getLogger(f"{LOGGER_NAME}.pull")
+
+#: Distinct outcomes shared between streams; past it, each stream keeps its own (a server sending unique ones).
+_OUTCOME_KINDS = 256
 
 OnError = Literal["raise", "collect"]
 
@@ -112,6 +116,10 @@ class PullStream:
         self._retries = retries
         self.failures: list[PullFailure] = []
         self.outcomes: list[StreamOutcomes] = []
+        # Epic ends nearly every clinical searchset with the same warnings (docs/epic-notes.md §3.6): equal
+        # outcomes are kept once and shared by the streams, so ``outcomes`` grows by a few references per
+        # stream instead of a parsed copy each (~3 KB): a 100k-patient pull stays flat.
+        self._outcome_kinds: dict[OperationOutcome, OperationOutcome] = {}
         self._c = Counters()
         hint = operator.length_hint(patients, -1)  # lists, tuples, or any object with __length_hint__
         if hint >= 0:
@@ -349,13 +357,23 @@ class PullStream:
             c.pages += 1
             c.resources += len(resources)
             if page.outcomes:
-                stream.outcomes.extend(page.outcomes)
+                stream.outcomes.extend(map(self._shared, page.outcomes))
             self._emit("page")
             return Chunk(stream.patient_id, query.label, resources)
         await close_pages(stream)
         return Chunk(
             stream.patient_id, query.label, (), last=True, outcomes=tuple(stream.outcomes), error=failed
         )
+
+    def _shared(self, outcome: OperationOutcome) -> OperationOutcome:
+        """The equal outcome already kept (equality ignores ``raw``), else ``outcome``; a bounded table."""
+        kinds = self._outcome_kinds
+        known = kinds.get(outcome)
+        if known is not None:
+            return known
+        if len(kinds) < _OUTCOME_KINDS:
+            kinds[outcome] = outcome
+        return outcome
 
     async def _deliver(self, chunk: Chunk) -> None:
         # Shielded: what was fetched reaches the buffer even while a setup failure cancels the streams, so

@@ -63,6 +63,10 @@ class PullFailure:
 class StreamOutcomes:
     """Epic's ``search.mode == "outcome"`` OperationOutcomes (warnings such as 4101, 59204) of one stream.
 
+    Equal outcomes (same issues) of different streams are one shared object, whose ``raw`` is the first
+    stream's: Epic repeats the same warnings on nearly every searchset, and a copy per stream would make a
+    large pull's memory grow with its patient count.
+
     The ``repr`` counts the outcomes (their diagnostics are free text that can describe the patient).
     """
 

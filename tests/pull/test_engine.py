@@ -10,13 +10,14 @@ import anyio
 import pytest
 
 from epic_fhir_async import ConfigurationError, PullError
-from epic_fhir_async._outcome import OperationOutcome
+from epic_fhir_async._outcome import OperationOutcome, OutcomeIssue
 from epic_fhir_async.pull import PullFailure, StreamOutcomes
+from epic_fhir_async.pull import _stream as stream_module
 from epic_fhir_async.pull._checkpoint import PullCheckpoint
 from epic_fhir_async.pull._stream import PullStream, pull
 from epic_fhir_async.pull._values import PullItem, PullProgress
 
-from .conftest import FakeSearcher, OnePageSearcher
+from .conftest import FakePage, FakeQuery, FakeSearcher, OnePageSearcher
 
 pytestmark = pytest.mark.anyio
 
@@ -203,6 +204,48 @@ async def test_outcomes_are_kept_per_stream(searcher: FakeSearcher) -> None:
             pass
     assert sorted(o.patient_id for o in stream.outcomes) == ["p0", "p1"]
     assert all(o.query == "Condition" and len(o.outcomes) == 1 for o in stream.outcomes)
+
+
+async def test_equal_outcomes_of_many_streams_are_kept_once(searcher: FakeSearcher) -> None:
+    # Epic repeats the same warnings on nearly every searchset: a parsed copy per stream would make the
+    # pull's memory grow with the patient count.
+    async with pull(searcher, PATIENTS, ["Condition"]) as stream:
+        async for _ in stream:
+            pass
+    kept = [o.outcomes[0] for o in stream.outcomes]
+    assert len(kept) == len(PATIENTS)  # every stream still reports its outcome
+    assert len({id(o) for o in kept}) == 1
+
+
+async def test_distinct_outcomes_stay_apart_and_past_the_table_are_kept_as_they_came(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stream_module, "_OUTCOME_KINDS", 1)
+
+    def outcome(text: str) -> OperationOutcome:
+        issue = OutcomeIssue(severity="warning", code="informational", details_text=text)
+        return OperationOutcome(issues=(issue,), raw={"resourceType": "OperationOutcome"})
+
+    class TwoKinds(FakeSearcher):
+        def search(self, resource_type: str, /, **params: Any) -> Any:
+            query = super().search(resource_type, **params)
+            text = "first" if params["patient"] in {"p0", "p1"} else "second"
+
+            async def pages() -> AsyncIterator[FakePage]:
+                async for page in FakeQuery.pages(query):
+                    yield FakePage(page.resources, [outcome(text)])
+
+            query.pages = pages  # type: ignore[method-assign]
+            return query
+
+    async with pull(TwoKinds(pages=1), PATIENTS[:4], ["Condition"]) as stream:
+        async for _ in stream:
+            pass
+    by_patient = {o.patient_id: o.outcomes[0] for o in stream.outcomes}
+    assert by_patient["p0"] is by_patient["p1"]  # the first kind fits the table
+    assert by_patient["p2"] == by_patient["p3"]
+    assert by_patient["p2"] is not by_patient["p3"]  # the table is full: each keeps its own
+    assert by_patient["p0"] != by_patient["p2"]
 
 
 class CommittingCheckpoint(PullCheckpoint):
