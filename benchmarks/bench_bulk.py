@@ -31,8 +31,8 @@ from typing import Any
 
 import anyio
 import httpx
-import orjson
 
+from benchmarks.drivers import raw_ndjson_file
 from epic_fhir_async import EpicFHIRClient, StaticTokenAuth
 from epic_fhir_async.bulk._manifest import PollCadence
 
@@ -122,25 +122,6 @@ async def sdk(base_url: str, token: str, status_url: str, concurrency: int) -> t
         return n, time.perf_counter() - started, time.process_time() - cpu
 
 
-async def _raw_file(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> int:
-    """One file: an httpx stream, bytes split by hand, ``orjson.loads`` per line."""
-    n = 0
-    async with http.stream("GET", url, headers=headers) as response:
-        response.raise_for_status()
-        tail = b""
-        async for chunk in response.aiter_bytes():
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()
-            for line in lines:
-                if line:
-                    orjson.loads(line)
-                    n += 1
-        if tail.strip():
-            orjson.loads(tail)
-            n += 1
-    return n
-
-
 async def raw(token: str, urls: list[str], concurrency: int) -> tuple[int, float, float]:
     """The baseline: files one after another (``concurrency`` 1) or as that many concurrent tasks."""
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+ndjson"}
@@ -149,14 +130,14 @@ async def raw(token: str, urls: list[str], concurrency: int) -> tuple[int, float
     async with httpx.AsyncClient(timeout=60.0) as http:
         if concurrency == 1:
             for url in urls:
-                total += await _raw_file(http, url, headers)
+                total += await raw_ndjson_file(http, url, headers)
         else:
             limiter = anyio.CapacityLimiter(concurrency)
 
             async def one(url: str) -> None:
                 nonlocal total
                 async with limiter:
-                    n = await _raw_file(http, url, headers)
+                    n = await raw_ndjson_file(http, url, headers)
                 total += n  # not `total += await ...`: that reads `total` before the await
 
             async with anyio.create_task_group() as tg:

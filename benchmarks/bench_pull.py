@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import httpx
-import orjson
 
+from benchmarks import drivers
 from benchmarks._pull_server import serve_in_child
 from epic_fhir_async import EpicFHIRClient, StaticTokenAuth
 
@@ -117,34 +117,17 @@ async def sdk_sequential(
 async def handwritten(
     base_url: str, token: str, patients: list[str], concurrency: int, types: list[str]
 ) -> int:
-    """The baseline: anyio task group + CapacityLimiter, one pooled httpx client, orjson, next links."""
-    total = 0
-    limiter = anyio.CapacityLimiter(concurrency)
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=60.0) as http:
-
-        async def one(rtype: str, params: dict[str, str]) -> None:
-            nonlocal total
-            async with limiter:
-                url: str | None = f"{base_url}/{rtype}"
-                query: dict[str, str] | None = params
-                while url:
-                    response = await http.get(url, params=query)
-                    response.raise_for_status()
-                    bundle = orjson.loads(response.content)
-                    total += sum(
-                        1 for e in bundle.get("entry", ()) if e.get("search", {}).get("mode") == "match"
-                    )
-                    url = next(
-                        (link["url"] for link in bundle.get("link", ()) if link["relation"] == "next"), None
-                    )
-                    query = None
-
-        async with anyio.create_task_group() as tg:
-            for rtype, params in _streams(patients, types):
-                tg.start_soon(one, rtype, params)
-    return total
+    """The baseline: anyio task group + CapacityLimiter, one pooled httpx client, orjson, next links (the
+    whole-process benchmark's hand-written driver, run in this process)."""
+    args = {
+        "base": base_url,
+        "token": token,
+        "patients": patients,
+        "types": types,
+        "page": PAGE,
+        "concurrency": concurrency,
+    }
+    return await drivers.pull_raw(args)
 
 
 Driver = Callable[[str, str, list[str], int, list[str]], Awaitable[int]]
