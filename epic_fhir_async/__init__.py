@@ -112,12 +112,16 @@ _MOVED: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> _Any:
-    if name == "SmartLaunch":  # loaded on first use, like the rest of the web-app names (auth/__init__.py)
-        from .auth import SmartLaunch
+#: Public names loaded on first use, like the rest of the web-app names (auth/__init__.py).
+_LAZY: dict[str, str] = {"SmartLaunch": "auth"}
 
-        globals()[name] = SmartLaunch
-        return SmartLaunch
+
+def __getattr__(name: str) -> _Any:
+    lazy = _LAZY.get(name)
+    if lazy is not None:
+        value = getattr(_importlib.import_module(f"epic_fhir_async.{lazy}"), name)
+        globals()[name] = value  # once: later lookups are plain attribute reads
+        return value
     namespace = _MOVED.get(name)
     if namespace is None:
         raise AttributeError(f"module 'epic_fhir_async' has no attribute {name!r}")

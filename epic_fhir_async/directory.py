@@ -5,8 +5,7 @@ Every Epic customer has its own FHIR base URL. Epic publishes them as a FHIR Bun
 (:data:`EPIC_BRANDS_URL`). Both load here, from a file you saved or from their URL::
 
     directory = await EndpointDirectory.fetch(cache_dir="~/.cache/epic-fhir")
-    for entry in directory.search("mass general"):       # case- and accent-insensitive, partial words
-        print(entry.name, entry.base_url)
+    entries = directory.search("mass general")  # case- and accent-insensitive, partial words: .name, .base_url
     async with directory.client("Massachusetts General", auth=auth) as client:
         ...
 

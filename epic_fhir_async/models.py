@@ -5,7 +5,7 @@ validated objects with attributes, ask for them, one resource at a time::
 
     patient = await client.read("Patient", pid, model=True)         # fhir.resources.R4B.patient.Patient
     async for obs in client.search("Observation", patient=pid, category="laboratory").models():
-        print(obs.code.text, obs.valueQuantity.value if obs.valueQuantity else None)
+        value = obs.valueQuantity.value if obs.valueQuantity else None   # typed attributes
         raw(obs)                                                     # the dict Epic sent, untouched
 
 The models are fhir.resources' pydantic classes (https://pypi.org/project/fhir.resources/) for FHIR

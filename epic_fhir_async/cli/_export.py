@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -536,13 +538,22 @@ def _started(record: state.ExportRecord | None) -> str:
     return f" · started {record.started} ({ago} ago){where}"
 
 
-async def status(args: argparse.Namespace) -> int:
+@asynccontextmanager
+async def _known_job(
+    args: argparse.Namespace,
+) -> AsyncIterator[tuple[state.ExportRecord | None, BulkExportJob]]:
+    """The job at ``args.status_url``, with what the state file knows of it (its settings fill the flags)."""
     url = args.status_url
     record = await anyio.to_thread.run_sync(state.find, url)
     _settings(args, record, url)
     client, _ = _client_for(args)
     async with client:
-        job = _job(client, url)
+        yield record, _job(client, url)
+
+
+async def status(args: argparse.Namespace) -> int:
+    url = args.status_url
+    async with _known_job(args) as (record, job):
         try:
             result = await job.status()
         except NotFound:
@@ -569,11 +580,7 @@ async def status(args: argparse.Namespace) -> int:
 
 async def cancel(args: argparse.Namespace) -> int:
     url = args.status_url
-    record = await anyio.to_thread.run_sync(state.find, url)
-    _settings(args, record, url)
-    client, _ = _client_for(args)
-    async with client:
-        job = _job(client, url)
+    async with _known_job(args) as (_record, job):
         try:
             await job.cancel()  # a job already gone counts as cancelled
         except EpicFHIRError as exc:

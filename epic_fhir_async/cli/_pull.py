@@ -22,7 +22,7 @@ from rich.console import Console
 
 from .. import ConfigurationError, EpicFHIRClient, EpicFHIRError
 from ..auth import EpicAuth
-from ..pull import PullFailure, PullProgress
+from ..pull import NDJSONSink, PullFailure, PullProgress
 from ._common import (
     ENVIRONMENT_HELP,
     EXIT_FAILURE,
@@ -45,7 +45,7 @@ from ._common import (
 from ._fleet import add_fleet_arguments, run_fleet, wants_fleet
 from ._pull_display import PullDisplay, print_run_facts, report_failures, summary_table
 from ._pull_patients import PatientSource
-from ._pull_sink import NDJSONSink, OutputStateError, finished_files, resumable
+from ._pull_sink import OutputStateError, finished_files, resumable
 
 DEFAULT_TYPES = ("Patient", "Condition", "Observation", "MedicationRequest", "Encounter")
 

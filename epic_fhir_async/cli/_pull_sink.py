@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..pull import NDJSONSink
 
-__all__ = ["STATE_DIR", "NDJSONSink", "OutputStateError", "finished_files", "resumable"]
+__all__ = ["STATE_DIR", "OutputStateError", "finished_files", "resumable"]
 
 STATE_DIR = NDJSONSink.STATE_DIR
 

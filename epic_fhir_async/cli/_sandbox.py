@@ -188,8 +188,6 @@ def _client_types(specs: list[str], clients: list[tuple[str, Any]]) -> dict[str,
     return types
 
 
-_is_loopback = is_loopback
-
 #: The client the ``--static-token`` belongs to (registered with a throwaway key: it never signs).
 STATIC_CLIENT = "sandbox-static"
 
@@ -286,7 +284,7 @@ def build_sandbox(args: argparse.Namespace) -> EpicSandbox:
 
 
 async def run(args: argparse.Namespace) -> int:
-    if not _is_loopback(args.host):
+    if not is_loopback(args.host):
         print(
             f"warning: serving on {args.host}, not loopback: anyone who reaches it gets test data",
             file=sys.stderr,

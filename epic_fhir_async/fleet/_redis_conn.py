@@ -54,9 +54,8 @@ class RedisSettings:
             if not 0 < float(value) < float("inf"):
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
 
-    def __repr__(
-        self,
-    ) -> str:  # the URL may hold a password: never shown (Dask logs a failed task's arguments)
+    def __repr__(self) -> str:
+        # The URL may hold a password: never shown (Dask logs a failed task's arguments).
         return (
             f"RedisSettings(url={self.shown_url!r}, requests_per_second={self.requests_per_second!r}, "
             f"burst={self.burst!r}, prefix={self.prefix!r})"

@@ -15,7 +15,8 @@ from epic_fhir_async import EpicFHIRClient, RetryPolicy, _json
 from epic_fhir_async.auth import generate_private_key, private_key_pem, public_jwks
 from epic_fhir_async.cli import _pull as cli_pull
 from epic_fhir_async.cli._main import main
-from epic_fhir_async.cli._pull_sink import STATE_DIR, NDJSONSink
+from epic_fhir_async.cli._pull_sink import STATE_DIR
+from epic_fhir_async.pull import NDJSONSink
 from epic_fhir_async.sandbox import EpicSandbox, SandboxConfig
 from epic_fhir_async.sandbox._data import build_dataset
 from tests._processes import free_port

@@ -15,7 +15,7 @@ import pytest
 from joserfc.jwk import RSAKey
 
 from epic_fhir_async.bulk import EPIC_SANDBOX_BULK_GROUP_ID
-from epic_fhir_async.cli import _sandbox
+from epic_fhir_async.cli import _common, _sandbox
 from tests.cli.conftest import SERVED_CLIENT, KeyPair, ServedSandbox, Shell
 
 
@@ -57,7 +57,7 @@ def test_missing_jwks_file_exits(tmp_path: Path) -> None:
     ("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False)]
 )
 def test_loopback_detection(host: str, loopback: bool) -> None:
-    assert _sandbox._is_loopback(host) is loopback
+    assert _common.is_loopback(host) is loopback
 
 
 @pytest.fixture
