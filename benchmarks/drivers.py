@@ -154,11 +154,16 @@ async def raw_ndjson_file(http: httpx.AsyncClient, url: str, headers: dict[str, 
 
 
 async def bulk_raw(a: dict[str, Any]) -> int:
+    """Like the SDK's driver: one status poll (the export is complete), then the manifest's files in turn."""
     import httpx
 
     headers = {"Authorization": f"Bearer {a['token']}", "Accept": "application/fhir+ndjson"}
     async with httpx.AsyncClient(timeout=60.0) as http:
-        return sum([await raw_ndjson_file(http, url, headers) for url in a["files"]])
+        status = await http.get(a["status_url"], headers={**headers, "Accept": "application/json"})
+        status.raise_for_status()
+        manifest = orjson.loads(status.content)
+        urls = [str(httpx.URL(a["status_url"]).join(f["url"])) for f in manifest["output"]]
+        return sum([await raw_ndjson_file(http, url, headers) for url in urls])
 
 
 async def bulk_sdk(a: dict[str, Any]) -> int:

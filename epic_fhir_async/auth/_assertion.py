@@ -20,7 +20,6 @@ only help a host that is behind, and any ``exp`` more than 300 s ahead of Epic's
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 
 from .._config import JWT_BEARER_ASSERTION_TYPE
@@ -64,6 +63,8 @@ def build_client_assertion(
             f"clock_skew must be >= 0 and lifetime + clock_skew at most 300 s (Epic's cap on exp - iat); got "
             f"lifetime={lifetime}, clock_skew={clock_skew}"
         )
+    import uuid  # here, not at the top: uuid imports `platform`, a cost every `import epic_fhir_async` paid
+
     now = int(wall_clock())
     issued = now - clock_skew
     header: dict[str, str] = {"alg": key.algorithm, "typ": "JWT", "kid": key.kid}
