@@ -8,14 +8,14 @@ yielded as data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import EpicFHIRError
 from ._outcome import OperationOutcome
 
-__all__ = ["Page", "next_link", "parse_page"]
+__all__ = ["Page", "UnparsedPage", "next_link", "parse_page"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class Page:
     it equals the page size when paged: use ``SearchQuery.count()``); ``raw`` the whole Bundle.
 
     ``repr()`` shows counts only: resources are patient data and the next link carries a session id.
+    Pages from a search are parsed when a field is first read (:class:`UnparsedPage`); a copy or a pickle is
+    an ordinary ``Page``.
     """
 
     resources: list[dict[str, Any]]
@@ -41,6 +43,49 @@ class Page:
             f"Page(resources={len(self.resources)}, included={len(self.included)}, "
             f"outcomes={len(self.outcomes)}, total={self.total}, has_next={self.next_url is not None})"
         )
+
+
+_FIELDS = frozenset({"resources", "outcomes", "included", "next_url", "total", "raw"})
+
+
+class UnparsedPage(Page):
+    """A :class:`Page` whose body is parsed when one of its fields is first read.
+
+    ``async for page in query.pages()`` keeps the previous page in the loop variable until ``__anext__``
+    returns; a page parsed inside ``__anext__`` is built while the previous one is still alive, which measured
+    10-35% more CPU (docs/performance.md). Parsed on first read instead, it is built after the loop variable
+    has moved on and the previous page is freed. A body that is not a Bundle raises :class:`EpicFHIRError`
+    from that first read (the pager reads every page before it fetches the next, so an untouched page still
+    fails the iteration), and again on every later read.
+    """
+
+    def __init__(self, parse: Callable[[], Page]) -> None:  # the fields come from `parse`, on first read
+        object.__setattr__(self, "_parse", parse)
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for what the instance does not hold yet: before the parse, every field.
+        state = self.__dict__
+        parse = state.get("_parse")
+        if parse is None or name not in _FIELDS:
+            raise AttributeError(name)
+        page = parse()  # raises for a body that is not a Bundle; nothing is kept then
+        state.update(page.__dict__)
+        del state["_parse"]  # lets go of the response body
+        return state[name]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Page):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _FIELDS)
+
+    __hash__ = Page.__hash__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A copy or a pickle is an ordinary Page (the parse function is not picklable).
+        return (Page, tuple(getattr(self, name) for name in _PAGE_ORDER))
+
+
+_PAGE_ORDER = ("resources", "outcomes", "included", "next_url", "total", "raw")
 
 
 def next_link(bundle: Mapping[str, Any]) -> str | None:

@@ -1183,10 +1183,15 @@ class HTTPSession:
         finally:
             await _close(response)
 
-    def decode(self, response: httpx.Response) -> Any:
-        """The JSON body, after checking the Content-Type (Epic sends XML or IIS HTML in some cases)."""
+    def check_json(self, response: httpx.Response) -> None:
+        """Raise :class:`UnexpectedContentError` unless ``response`` says it is JSON (Epic sends XML or IIS
+        HTML in some cases)."""
         if media_type(response.headers.get("content-type")) not in JSON_CONTENT_TYPES:
             raise unexpected_content(response, secrets=self.secrets_of(response.request))
+
+    def decode(self, response: httpx.Response) -> Any:
+        """The JSON body, after checking the Content-Type (:meth:`check_json`)."""
+        self.check_json(response)
         try:
             return self._loads(response.content)
         except ValueError as exc:

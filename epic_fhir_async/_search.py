@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from ._bundle import Page, parse_page
+from ._bundle import Page, UnparsedPage, parse_page
 from ._epic_search import check_search
 from ._errors import ConfigurationError, FHIRStatusError, PagingError, SessionExpired
 from ._urls import check_type, redact_url
 
 if TYPE_CHECKING:
+    import httpx
+
     from ._http import HTTPSession
     from .models import ModelStream
 
@@ -167,12 +169,18 @@ class SearchQuery:
             )
         else:
             response = await session.request("GET", self.resource_type, params=params or None)
-        return parse_page(session.decode(response))
+        return self._page_of(response)
 
     async def _next_page(self, next_url: str) -> Page:
         # The next link verbatim (Epic's sessionID); another origin raises UnsafeURLError in session.url().
+        return self._page_of(await self._session.request("GET", next_url))
+
+    def _page_of(self, response: httpx.Response) -> Page:
+        """The page of ``response``, parsed when first read (:class:`UnparsedPage`): a caller's loop variable
+        then no longer holds the previous page while this one is built. The Content-Type is checked now."""
         session = self._session
-        return parse_page(session.decode(await session.request("GET", next_url)))
+        session.check_json(response)
+        return UnparsedPage(lambda: parse_page(session.decode(response)))
 
     async def _prefetched(self) -> AsyncGenerator[Page, None]:
         # Zero-size buffer: the producer holds at most the one page it fetched ahead (bounded memory).
@@ -209,8 +217,10 @@ class SearchQuery:
     def pages(self) -> PageIterator:
         """Every page in order (see :meth:`with_prefetch` for fetching one page ahead).
 
-        The loop variable keeps the previous page alive while the next one is parsed: end the body with
-        ``del page`` when you keep nothing of it (docs/performance.md measures the difference).
+        Each page is parsed when one of its fields is first read, so in ``async for page in
+        query.pages()`` it is built after the loop variable has let go of the previous page (building it
+        while both were alive cost 10-35% more CPU: docs/performance.md). A body that is not a Bundle raises
+        :class:`EpicFHIRError` at that read, and from the iteration if the page is never read.
         """
         return self._prefetched() if self._prefetch else _Pager(self)
 
@@ -256,6 +266,7 @@ class _Pager:
 
     __slots__ = (
         "_fetched",
+        "_last",
         "_next_url",
         "_query",
         "_restarted",
@@ -276,6 +287,8 @@ class _Pager:
         self._visited: set[str] = set()
         self._next_url: str | None = None
         self._fetched = 0  # pages requested, restarts included
+        #: The page handed out last, settled (_settle) when the next one is asked for.
+        self._last: Page | None = None
         self._started = False
         self._restarted = False
         self._skipping = False
@@ -325,7 +338,24 @@ class _Pager:
             self._count_page()
             return await query._first_page(query._params)
 
+    def _settle(self, page: Page) -> None:
+        """Take what the walk needs from the page handed out last (reading it parses it, if the caller never
+        did): its next link, and the ids the caller got, so a restart after 4113 yields nothing twice."""
+        resources = page.resources
+        if self._seen_ids is None:
+            self._seen.append(_joined_ids(resources))
+        else:
+            self._seen_ids.update([str(r.get("id")) for r in resources])
+        self._next_url = page.next_url
+
     async def __anext__(self) -> Page:
+        last = self._last
+        if last is not None:
+            # Settled and let go before the next request: the caller's loop variable is then the only
+            # reference, and the next page (parsed when first read) is built after it has moved on.
+            self._last = None
+            self._settle(last)
+            del last
         page = await self._fetch()
         if self._skipping:
             seen = self._seen_ids
@@ -338,15 +368,11 @@ class _Pager:
                 kept
             ):  # progress since the restart: a later expiry may restart again (a long pull sees several)
                 self._restarted = False
-        # Remember what the caller got, so a restart after 4113 yields nothing twice.
-        if self._seen_ids is None:
-            self._seen.append(_joined_ids(page.resources))
-        else:
-            self._seen_ids.update([str(r.get("id")) for r in page.resources])
-        self._next_url = page.next_url
+        self._last = page
         return page
 
     async def aclose(self) -> None:
+        self._last = None
         self._next_url = None
         self._started = True
 

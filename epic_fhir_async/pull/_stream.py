@@ -341,6 +341,7 @@ class PullStream:
                 search = self._client.search(query.resource_type, **query.params_for(stream.patient_id))
                 pages = stream.pages = aiter(search.pages())
             page = await pages.__anext__()
+            resources = page.resources  # read here: a page is parsed when first read, and may fail then
         except StopAsyncIteration:
             pass
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -353,7 +354,6 @@ class PullStream:
                 return None
             failed = exc
         else:
-            resources = page.resources
             c = self._c
             c.pages += 1
             c.resources += len(resources)
