@@ -183,7 +183,17 @@ def search(rounds: int, quick: bool, client: dict[str, Any]) -> list[str]:
 
 
 def pull(rounds: int, quick: bool, client: dict[str, Any]) -> list[str]:
-    patients, per_type, latency, page, c = (20 if quick else 50), 500, 0.02, 100, 16
+    out = _pull(rounds, client, patients=20 if quick else 50, per_type=500, page=100, compare=True)
+    # The same fan-out with pages of 10: little to parse, so the wall is the latency's to decide and can be
+    # held against the floor (with pages of 100 this machine's CPU, not the latency, sets the wall).
+    out += _pull(rounds, client, patients=20 if quick else 50, per_type=50, page=10, compare=False)
+    return out
+
+
+def _pull(
+    rounds: int, client: dict[str, Any], *, patients: int, per_type: int, page: int, compare: bool
+) -> list[str]:
+    latency, c = 0.02, 16
     types = ["Observation?category=vital-signs", "Condition", "MedicationRequest", "Encounter"]
     with bench_pull.Server(patients, per_type, latency) as (base, token, ids):
         args = {
@@ -207,14 +217,20 @@ def pull(rounds: int, quick: bool, client: dict[str, Any]) -> list[str]:
     requests = patients * len(types) * (per_type // page)
     floor = requests * latency / c
     sdk_wall = _median([r.wall for r in scenario.runs["SDK client.pull"]])
-    return [
-        table(scenario),
-        verdict(scenario, "SDK client.pull", "hand-written anyio + httpx + orjson", "CPU", 1.0),
-        verdict(scenario, "SDK client.pull", "hand-written anyio + httpx + orjson", "wall", 1.05),
+    sdk_cpu = _median([r.cpu for r in scenario.runs["SDK client.pull"]])
+    lines = [table(scenario)]
+    if compare:
+        lines += [
+            verdict(scenario, "SDK client.pull", "hand-written anyio + httpx + orjson", "CPU", 1.0),
+            verdict(scenario, "SDK client.pull", "hand-written anyio + httpx + orjson", "wall", 1.05),
+        ]
+    lines.append(
         f"  latency floor {floor:.2f} s ({requests} requests x {latency * 1000:.0f} ms / {c}); SDK wall "
-        f"{sdk_wall / floor:.2f}x the floor (target <= 1.5x where the CPU allows; the wall includes the "
-        "process start)",
-    ]
+        f"{sdk_wall / floor:.2f}x the floor, its CPU {sdk_cpu / floor:.2f}x (target <= 1.5x where the CPU "
+        f"allows: {'it does' if sdk_cpu < floor else 'it does not, the CPU sets the wall'}; the wall includes "
+        "the process start)"
+    )
+    return lines
 
 
 def bulk(rounds: int, quick: bool, client: dict[str, Any]) -> list[str]:

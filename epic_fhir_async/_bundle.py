@@ -59,8 +59,11 @@ class UnparsedPage(Page):
     fails the iteration), and again on every later read.
     """
 
-    def __init__(self, parse: Callable[[], Page]) -> None:  # the fields come from `parse`, on first read
-        object.__setattr__(self, "_parse", parse)
+    def __init__(self, parse: Callable[[], Page] | None = None, /, **fields: Any) -> None:
+        if parse is None:  # dataclasses.replace(page, ...) passes every field: an already parsed page
+            Page.__init__(self, **fields)
+        else:
+            object.__setattr__(self, "_parse", parse)
 
     def __getattr__(self, name: str) -> Any:
         # Called only for what the instance does not hold yet: before the parse, every field.
@@ -70,8 +73,13 @@ class UnparsedPage(Page):
             raise AttributeError(name)
         page = parse()  # raises for a body that is not a Bundle; nothing is kept then
         state.update(page.__dict__)
-        del state["_parse"]  # lets go of the response body
+        state.pop("_parse", None)  # lets go of the response body (another thread may have parsed it too)
         return state[name]
+
+    def __repr__(self) -> str:
+        if "_parse" in self.__dict__:  # a repr (a log line, a debugger) must not parse, nor fail
+            return "Page(not read yet)"
+        return super().__repr__()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Page):

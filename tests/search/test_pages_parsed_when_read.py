@@ -6,6 +6,7 @@ Bundle still fails the search, when the page is read or, if it never is, when th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -137,13 +138,17 @@ async def test_a_content_type_that_is_not_json_fails_before_the_page_is_handed_o
 
 
 @pytest.mark.anyio
-async def test_a_copy_or_a_pickle_of_a_page_is_an_ordinary_equal_page() -> None:
+async def test_a_copy_a_pickle_or_a_replace_of_a_page_works_like_an_ordinary_page() -> None:
     bodies = {1: _bundle(1, per_page=3, last=1)}
     async with _client(_handler(bodies)) as client:
         pages = client.search("Observation", patient="p1", category="vital-signs").pages()
         page = await pages.__anext__()
+        assert repr(page) == "Page(not read yet)"  # a repr neither parses nor fails
         copied = copy.copy(page)
         restored = pickle.loads(pickle.dumps(page))
+        replaced = dataclasses.replace(page, resources=page.resources[:1])
+        assert [r["id"] for r in replaced.resources] == ["p1-0"]
+        assert replaced.next_url == page.next_url
         assert copied == page
         assert restored == page
         assert page == restored
