@@ -91,10 +91,13 @@ def _http_response(body: bytes) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    """Minimal keep-alive HTTP/1.1 for GETs: the page number comes from ``sessionID`` (0 when absent)."""
+    """Minimal keep-alive HTTP/1.1 for GETs: the page number comes from ``sessionID`` (0 when absent); each
+    answer leaves ``latency`` seconds after its request (a client sends one request at a time per
+    connection, so answers keep their order)."""
 
-    def __init__(self, responses: list[bytes]) -> None:
+    def __init__(self, responses: list[bytes], latency: float = 0.0) -> None:
         self.responses = responses
+        self.latency = latency
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -111,17 +114,24 @@ class _Protocol(asyncio.Protocol):
             if b"sessionID=" in target:
                 page = int(target.split(b"sessionID=")[1].split(b"-")[0])
             assert self.transport is not None
-            self.transport.write(self.responses[page])
+            if self.latency:
+                asyncio.get_running_loop().call_later(self.latency, self._answer, self.responses[page])
+            else:
+                self.transport.write(self.responses[page])
+
+    def _answer(self, response: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(response)
 
 
-def _serve(port_queue: Any, pages: int, page_size: int = PAGE_SIZE) -> None:
+def _serve(port_queue: Any, pages: int, page_size: int = PAGE_SIZE, latency: float = 0.0) -> None:
     async def run() -> None:
         loop = asyncio.get_running_loop()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         responses = [_http_response(b) for b in render_pages(f"http://127.0.0.1:{port}", pages, page_size)]
-        server = await loop.create_server(lambda: _Protocol(responses), sock=sock)
+        server = await loop.create_server(lambda: _Protocol(responses, latency), sock=sock)
         port_queue.put(port)
         async with server:
             await server.serve_forever()
@@ -132,10 +142,10 @@ def _serve(port_queue: Any, pages: int, page_size: int = PAGE_SIZE) -> None:
 class Server:
     """The page server in a child process (spawned, so its CPU never counts as the client's)."""
 
-    def __init__(self, pages: int, page_size: int = PAGE_SIZE) -> None:
+    def __init__(self, pages: int, page_size: int = PAGE_SIZE, latency: float = 0.0) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.queue = ctx.Queue()
-        self.process = ctx.Process(target=_serve, args=(self.queue, pages, page_size), daemon=True)
+        self.process = ctx.Process(target=_serve, args=(self.queue, pages, page_size, latency), daemon=True)
 
     def __enter__(self) -> str:
         self.process.start()

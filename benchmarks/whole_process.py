@@ -183,54 +183,83 @@ def search(rounds: int, quick: bool, client: dict[str, Any]) -> list[str]:
 
 
 def pull(rounds: int, quick: bool, client: dict[str, Any]) -> list[str]:
-    out = _pull(rounds, client, patients=20 if quick else 50, per_type=500, page=100, compare=True)
-    # The same fan-out with pages of 10: little to parse, so the wall is the latency's to decide and can be
-    # held against the floor (with pages of 100 this machine's CPU, not the latency, sets the wall).
-    out += _pull(rounds, client, patients=20 if quick else 50, per_type=50, page=10, compare=False)
+    latency, c = 0.02, 16
+    patients, per_type, page = (20 if quick else 50), 500, 100
+    types = ["Observation?category=vital-signs", "Condition", "MedicationRequest", "Encounter"]
+    with bench_pull.Server(patients, per_type, latency) as (base, token, ids):
+        title = (
+            f"pull: {patients} patients x {len(types)} types x {per_type // page} pages of {page}, "
+            f"{latency * 1000:.0f} ms per request, concurrency {c} (the sandbox serves)"
+        )
+        scenario = _pull_scenario(title, base, token, ids, types, page, c, client)
+        measure(scenario, rounds)
+    out = [
+        table(scenario),
+        verdict(scenario, "SDK client.pull", "hand-written anyio + httpx + orjson", "CPU", 1.0),
+        verdict(scenario, "SDK client.pull", "hand-written anyio + httpx + orjson", "wall", 1.05),
+        _against_floor(scenario, len(ids) * len(types) * (per_type // page), latency, c),
+    ]
+    # The latency floor needs a server that costs nothing per request (the sandbox's own CPU shares this
+    # machine) and pages light enough that the client's CPU does not set the wall: pre-rendered pages of 10.
+    patients, pages, page = (25 if quick else 100), 5, 10
+    types = [f"Observation?category={k}" for k in ("vital-signs", "laboratory", "social-history", "exam")]
+    ids = [f"eLatency{n:05d}" for n in range(patients)]
+    with bench_search.Server(pages, page, latency) as base:
+        title = (
+            f"pull, latency-bound: {patients} patients x {len(types)} types x {pages} pages of {page}, "
+            f"{latency * 1000:.0f} ms per request, concurrency {c} (pre-rendered pages)"
+        )
+        scenario = _pull_scenario(title, base, bench_search.TOKEN, ids, types, page, c, client)
+        measure(scenario, rounds)
+    out += [
+        table(scenario),
+        _against_floor(scenario, patients * len(types) * pages, latency, c),
+    ]
     return out
 
 
-def _pull(
-    rounds: int, client: dict[str, Any], *, patients: int, per_type: int, page: int, compare: bool
-) -> list[str]:
-    latency, c = 0.02, 16
-    types = ["Observation?category=vital-signs", "Condition", "MedicationRequest", "Encounter"]
-    with bench_pull.Server(patients, per_type, latency) as (base, token, ids):
-        args = {
-            "base": base,
-            "token": token,
-            "patients": ids,
-            "types": types,
-            "page": page,
-            "concurrency": c,
-            "client": client,
-        }
-        scenario = Scenario(
-            f"pull: {patients} patients x {len(types)} types x {per_type // page} pages of {page}, "
-            f"{latency * 1000:.0f} ms per request, concurrency {c}",
-            {
-                "hand-written anyio + httpx + orjson": ("pull_raw", args),
-                "SDK client.pull": ("pull_sdk", args),
-            },
-        )
-        measure(scenario, rounds)
-    requests = patients * len(types) * (per_type // page)
-    floor = requests * latency / c
-    sdk_wall = _median([r.wall for r in scenario.runs["SDK client.pull"]])
-    sdk_cpu = _median([r.cpu for r in scenario.runs["SDK client.pull"]])
-    lines = [table(scenario)]
-    if compare:
-        lines += [
-            verdict(scenario, "SDK client.pull", "hand-written anyio + httpx + orjson", "CPU", 1.0),
-            verdict(scenario, "SDK client.pull", "hand-written anyio + httpx + orjson", "wall", 1.05),
-        ]
-    lines.append(
-        f"  latency floor {floor:.2f} s ({requests} requests x {latency * 1000:.0f} ms / {c}); SDK wall "
-        f"{sdk_wall / floor:.2f}x the floor, its CPU {sdk_cpu / floor:.2f}x (target <= 1.5x where the CPU "
-        f"allows: {'it does' if sdk_cpu < floor else 'it does not, the CPU sets the wall'}; the wall includes "
-        "the process start)"
+def _pull_scenario(
+    title: str,
+    base: str,
+    token: str,
+    ids: list[str],
+    types: list[str],
+    page: int,
+    c: int,
+    client: dict[str, Any],
+) -> Scenario:
+    args = {
+        "base": base,
+        "token": token,
+        "patients": ids,
+        "types": types,
+        "page": page,
+        "concurrency": c,
+        "client": client,
+    }
+    return Scenario(
+        title,
+        {"hand-written anyio + httpx + orjson": ("pull_raw", args), "SDK client.pull": ("pull_sdk", args)},
     )
-    return lines
+
+
+def _against_floor(scenario: Scenario, requests: int, latency: float, c: int) -> str:
+    floor = requests * latency / c
+    walls = {label: _median([r.wall for r in runs]) for label, runs in scenario.runs.items()}
+    sdk_cpu = _median([r.cpu for r in scenario.runs["SDK client.pull"]])
+    sdk_wall = walls["SDK client.pull"]
+    hand = walls["hand-written anyio + httpx + orjson"]
+    if sdk_wall <= 1.5 * floor:
+        why = "PASS"
+    elif sdk_cpu >= floor:
+        why = "the CPU does not allow it: the client's CPU alone exceeds the floor"
+    else:
+        why = "MISS"
+    return (
+        f"  latency floor {floor:.2f} s ({requests} requests x {latency * 1000:.0f} ms / {c}); SDK wall "
+        f"{sdk_wall / floor:.2f}x the floor, hand-written {hand / floor:.2f}x, SDK CPU {sdk_cpu / floor:.2f}x; "
+        f"target <= 1.5x where the CPU allows (the wall includes the process start): {why}"
+    )
 
 
 def bulk(rounds: int, quick: bool, client: dict[str, Any]) -> list[str]:
