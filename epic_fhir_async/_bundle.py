@@ -9,7 +9,7 @@ yielded as data.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ._errors import EpicFHIRError
@@ -45,7 +45,9 @@ class Page:
         )
 
 
-_FIELDS = frozenset({"resources", "outcomes", "included", "next_url", "total", "raw"})
+#: Page's fields in constructor order, and as a set for the lookup in UnparsedPage.__getattr__.
+_FIELD_ORDER = tuple(f.name for f in fields(Page))
+_FIELDS = frozenset(_FIELD_ORDER)
 
 
 class UnparsedPage(Page):
@@ -84,16 +86,13 @@ class UnparsedPage(Page):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Page):
             return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in _FIELDS)
+        return all(getattr(self, name) == getattr(other, name) for name in _FIELD_ORDER)
 
     __hash__ = Page.__hash__
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A copy or a pickle is an ordinary Page (the parse function is not picklable).
-        return (Page, tuple(getattr(self, name) for name in _PAGE_ORDER))
-
-
-_PAGE_ORDER = ("resources", "outcomes", "included", "next_url", "total", "raw")
+        return (Page, tuple(getattr(self, name) for name in _FIELD_ORDER))
 
 
 def next_link(bundle: Mapping[str, Any]) -> str | None:

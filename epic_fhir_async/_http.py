@@ -1192,6 +1192,10 @@ class HTTPSession:
     def decode(self, response: httpx.Response) -> Any:
         """The JSON body, after checking the Content-Type (:meth:`check_json`)."""
         self.check_json(response)
+        return self.parse_json(response)
+
+    def parse_json(self, response: httpx.Response) -> Any:
+        """The JSON body of a response :meth:`check_json` has passed; invalid JSON is an EpicFHIRError."""
         try:
             return self._loads(response.content)
         except ValueError as exc:

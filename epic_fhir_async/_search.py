@@ -180,7 +180,7 @@ class SearchQuery:
         then no longer holds the previous page while this one is built. The Content-Type is checked now."""
         session = self._session
         session.check_json(response)
-        return UnparsedPage(lambda: parse_page(session.decode(response)))
+        return UnparsedPage(lambda: parse_page(session.parse_json(response)))
 
     async def _prefetched(self) -> AsyncGenerator[Page, None]:
         # Zero-size buffer: the producer holds at most the one page it fetched ahead (bounded memory).
