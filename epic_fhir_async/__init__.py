@@ -62,17 +62,17 @@ from ._outcome import OutcomeIssue as OutcomeIssue
 from ._retry import RetryPolicy as RetryPolicy
 from ._search import SearchQuery as SearchQuery
 from ._version import __version__ as __version__
-from .auth import AccessToken as AccessToken
-from .auth import BackendServicesAuth as BackendServicesAuth
-from .auth import ClientSecretAuth as ClientSecretAuth
 from .auth import EpicAuth as EpicAuth
-from .auth import RefreshTokenAuth as RefreshTokenAuth
-from .auth import SmartAuth as SmartAuth
-from .auth import SmartTokenSet as SmartTokenSet
 from .auth import StaticTokenAuth as StaticTokenAuth
 
 if _TYPE_CHECKING:
+    from .auth import AccessToken as AccessToken
+    from .auth import BackendServicesAuth as BackendServicesAuth
+    from .auth import ClientSecretAuth as ClientSecretAuth
+    from .auth import RefreshTokenAuth as RefreshTokenAuth
+    from .auth import SmartAuth as SmartAuth
     from .auth import SmartLaunch as SmartLaunch
+    from .auth import SmartTokenSet as SmartTokenSet
 
 # A library adds only a NullHandler: records go where the application's logging config sends them, and
 # nowhere (not to logging's last-resort stderr handler) when it has none.
@@ -112,8 +112,20 @@ _MOVED: dict[str, str] = {
 }
 
 
-#: Public names loaded on first use, like the rest of the web-app names (auth/__init__.py).
-_LAZY: dict[str, str] = {"SmartLaunch": "auth"}
+#: Public names loaded on first use (the auth methods that fetch tokens, and the web-app names: see
+#: auth/__init__.py).
+_LAZY: dict[str, str] = {
+    name: "auth"
+    for name in (
+        "AccessToken",
+        "BackendServicesAuth",
+        "ClientSecretAuth",
+        "RefreshTokenAuth",
+        "SmartAuth",
+        "SmartTokenSet",
+        "SmartLaunch",
+    )
+}
 
 
 def __getattr__(name: str) -> _Any:

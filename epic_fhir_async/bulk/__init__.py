@@ -14,10 +14,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from .._config import EPIC_SANDBOX_BULK_GROUP_ID as EPIC_SANDBOX_BULK_GROUP_ID
-from ._download import BulkDownloadResult as BulkDownloadResult
-from ._download import BulkTransferStats as BulkTransferStats
-from ._download import DownloadedFile as DownloadedFile
 from ._job import BulkExportJob as BulkExportJob
 from ._kickoff import BulkExportStart as BulkExportStart
 from ._manifest import BulkFileRef as BulkFileRef
@@ -25,6 +25,30 @@ from ._manifest import BulkManifest as BulkManifest
 from ._manifest import BulkProgress as BulkProgress
 from ._manifest import PollCadence as PollCadence
 from ._resources import BulkResourceStream as BulkResourceStream
+
+if _TYPE_CHECKING:
+    from ._download import BulkDownloadResult as BulkDownloadResult
+    from ._download import BulkTransferStats as BulkTransferStats
+    from ._download import DownloadedFile as DownloadedFile
+
+#: The download-to-disk names, imported with ``job.download()`` or on first use: streaming resources does not
+#: load them.
+_LAZY = ("BulkDownloadResult", "BulkTransferStats", "DownloadedFile")
+
+
+def __getattr__(name: str) -> _Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'epic_fhir_async.bulk' has no attribute {name!r}")
+    from . import _download
+
+    value = getattr(_download, name)
+    globals()[name] = value  # once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "EPIC_SANDBOX_BULK_GROUP_ID",

@@ -19,10 +19,10 @@ import logging
 import os
 import pathlib
 from collections import Counter
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import httpx
@@ -33,7 +33,7 @@ from .._errors import BulkExportError, ConfigurationError, ResponseTooLarge, Tra
 from .._http import abandon
 from .._outcome import OperationOutcome
 from .._urls import redact_url
-from ._files import FileSource, count_decoded, file_failed, more_than_counted, open_file, unwrap_group
+from ._files import FileSource, body_chunks, file_failed, more_than_counted, open_file, unwrap_group
 from ._manifest import BulkFileRef
 from ._ndjson import NDJSONError, NDJSONSplitter
 
@@ -134,13 +134,12 @@ async def _fetch_to(
         try:
             async with (
                 open_file(source, ref.url) as response,
-                aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_bytes())) as body,
+                aclosing(body_chunks(response)) as body,
                 await anyio.open_file(tmp, "wb") as out,
             ):
                 pending: list[bytes] = []
                 pending_size = 0
                 async for chunk in body:
-                    count_decoded(response, len(chunk))
                     try:
                         splitter.feed(chunk)
                     except ResponseTooLarge:

@@ -8,7 +8,7 @@ hands them out in lists of at least ``min_bytes`` of body, and re-requests the f
 (:data:`._retry.BULK_FILE_RETRY`), skipping what was already handed out. :mod:`._resources` (many files, one
 consumer) and :mod:`._download` (files to disk) build on these.
 
-A compressed file may inflate at most :data:`MAX_INFLATION` times its size on the wire (:func:`count_decoded`):
+A compressed file may inflate at most :data:`MAX_INFLATION` times its size on the wire (:func:`body_chunks`):
 real NDJSON compresses about 15x, a gzip bomb 1000x, and a download to disk would otherwise write whatever
 the bomb holds before any count could be checked.
 """
@@ -41,7 +41,7 @@ __all__ = [
     "MAX_INFLATION",
     "NDJSON_ACCEPT",
     "FileSource",
-    "count_decoded",
+    "body_chunks",
     "file_batches",
     "file_failed",
     "more_than_counted",
@@ -114,11 +114,26 @@ class _Inflation:
             )
 
 
-def count_decoded(response: httpx.Response, size: int) -> None:
-    """Tell the inflation guard of a compressed file response that ``size`` decoded bytes were read."""
+def body_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The decoded body of a file response (from :func:`open_file`), chunk by chunk; close it with
+    ``aclosing``.
+
+    An uncompressed body is read raw: httpx's decoder and re-chunker would pass every chunk through two more
+    generators and change nothing. A compressed body goes through the decoder, and its decoded bytes are
+    counted for the inflation guard."""
     guard = response.extensions.get(_INFLATION)
     if guard is not None:
-        guard.decoded += size
+        return _counted(cast("AsyncGenerator[bytes, None]", response.aiter_bytes()), guard)
+    if response.is_stream_consumed:  # read in full already (httpx.MockTransport reads every response)
+        return cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+    return cast("AsyncGenerator[bytes, None]", response.aiter_raw())
+
+
+async def _counted(chunks: AsyncGenerator[bytes, None], guard: _Inflation) -> AsyncGenerator[bytes, None]:
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            guard.decoded += len(chunk)
+            yield chunk
 
 
 def file_failed(source: FileSource, ref: BulkFileRef, exc: Exception) -> BulkExportError:
@@ -140,7 +155,7 @@ async def open_file(source: FileSource, url: str) -> AsyncIterator[httpx.Respons
     files, which are then fetched without the token. A 404/410 (files expire, ~14 days at Epic) is a
     :class:`BulkExportError` saying so. Error bodies are read under the error-body limit. A compressed body
     is guarded against inflating more than :data:`MAX_INFLATION` times (readers report decoded bytes with
-    :func:`count_decoded`).
+    :func:`body_chunks`).
     """
     session = source.session
     target = join_url(source.status_url, url)
@@ -210,10 +225,9 @@ async def file_batches(
         try:
             async with (
                 open_file(source, ref.url) as response,
-                aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_bytes())) as body,
+                aclosing(body_chunks(response)) as body,
             ):
                 async for chunk in body:
-                    count_decoded(response, len(chunk))
                     if on_bytes is not None:
                         on_bytes(len(chunk))
                     size += len(chunk)

@@ -25,6 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -41,7 +42,6 @@ from .._errors import (
 )
 from .._http import HTTPSession
 from .._urls import join_url, redact_url
-from ._download import BulkDownloadResult, BulkTransferStats, download
 from ._files import FileSource
 from ._manifest import (
     BulkManifest,
@@ -52,6 +52,9 @@ from ._manifest import (
     retry_after_delay,
 )
 from ._resources import BulkResourceStream
+
+if TYPE_CHECKING:
+    from ._download import BulkDownloadResult, BulkTransferStats
 
 __all__ = ["BulkExportJob", "ProgressCallback", "outcome_error"]
 
@@ -288,6 +291,8 @@ class BulkExportJob:
         stats: BulkTransferStats | None = None,
     ) -> BulkDownloadResult:
         """Write the output, error and deleted files into ``directory``; see :func:`._download.download`."""
+        from ._download import download  # loaded when first needed: streaming does not use it
+
         return await download(
             self._files(),
             directory,

@@ -61,14 +61,13 @@ class BulkResourceStream:
     ``counts`` (type → resources delivered), ``files_done`` and ``bytes`` grow as files are read.
     """
 
-    # Slots: ``__anext__`` reads and writes these once per resource.
     __slots__ = (
         "_batch",
         "_buffer",
         "_concurrency",
         "_index",
+        "_items",
         "_receive",
-        "_sequential",
         "_source",
         "_state",
         "_tg",
@@ -103,7 +102,7 @@ class BulkResourceStream:
         self._receive: MemoryObjectReceiveStream[list[Any]] | None = None
         self._batch: list[Any] = []
         self._index = 0
-        self._sequential: _SequentialIterator | None = None
+        self._items: AsyncGenerator[Any, None] | None = None
 
     def _add_bytes(self, n: int) -> None:
         self.bytes += n
@@ -162,6 +161,9 @@ class BulkResourceStream:
         tg, self._tg = self._tg, None
         if self._receive is not None:
             self._receive.close()
+        items, self._items = self._items, None
+        if items is not None:  # suspended at a yield (or done): closing it awaits nothing
+            await items.aclose()
         if tg is None:
             return None
         tg.cancel_scope.cancel()  # no-op when every file was read; stops readers after an early exit
@@ -174,26 +176,28 @@ class BulkResourceStream:
             raise inner from None
 
     # -- iteration ---------------------------------------------------------------------------------------
+    # Both forms hand out resources from async generators: per resource, a generator's step measured ~90 ns
+    # less than an ``async def __anext__`` stepping through the same lists (python -m benchmarks whole).
     def __aiter__(self) -> AsyncIterator[Any]:
         if self._state == "new":
             self._state = "closed"
-            self._sequential = _SequentialIterator(self._all_batches())
-            return self._sequential
-        return self
+            self._items = self._all_resources()
+        elif self._items is None:
+            self._items = self._received()
+        return self._items
+
+    async def __anext__(self) -> Any:
+        return await self.__aiter__().__anext__()
 
     async def aclose(self) -> None:
         """Stop a bare ``async for`` early and close its HTTP stream: ``async with aclosing(job.resources())``."""
-        if self._sequential is not None:
-            await self._sequential.aclose()
+        if self._items is not None:
+            await self._items.aclose()
 
-    async def __anext__(self) -> Any:
-        # Runs once per resource: locals, one attribute write and orjson itself on the common path.
-        index = self._index
-        batch = self._batch
-        while index >= len(batch):
-            receive = self._receive
-            if receive is None or self._state != "running":
-                raise StopAsyncIteration
+    async def _received(self) -> AsyncGenerator[Any, None]:
+        receive = self._receive
+        loads = _loads
+        while receive is not None and self._state == "running":
             try:
                 # receive_nowait first: receive() yields to the event loop even when a batch is waiting.
                 batch = receive.receive_nowait()
@@ -201,63 +205,39 @@ class BulkResourceStream:
                 try:
                     batch = await receive.receive()
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    raise StopAsyncIteration from None
+                    return
             except (anyio.EndOfStream, anyio.ClosedResourceError):
-                raise StopAsyncIteration from None
-            self._batch, index = batch, 0
-        self._index = index + 1
-        try:
-            return _loads(batch[index])
-        except _json.JSONDecodeError:
-            raise BulkExportError("a line of a bulk file is not valid JSON") from None
+                return
+            self._batch = batch
+            for index, line in enumerate(batch, 1):
+                self._index = index  # where batches() resumes after an early break
+                try:
+                    resource = loads(line)
+                except _json.JSONDecodeError:
+                    raise BulkExportError("a line of a bulk file is not valid JSON") from None
+                yield resource
 
     async def batches(self) -> AsyncIterator[list[Any]]:
         """The resources as lists (one per ~256 KB of body): the cheapest way to consume a large export."""
         if self._state != "running" or self._receive is None:
             raise RuntimeError("use `async with job.resources() as stream:` before stream.batches()")
-        if self._index < len(self._batch):
-            yield [_parse(line) for line in self._batch[self._index :]]
-            self._batch, self._index = [], 0
+        if self._items is not None:  # an `async for` over resources came first: go on after its last one
+            rest = self._batch[self._index :]
+            await self._items.aclose()
+            self._items, self._batch, self._index = None, [], 0
+            if rest:
+                yield [_parse(line) for line in rest]
         async for batch in self._receive:
             yield [_parse(line) for line in batch]
 
-    async def _all_batches(self) -> AsyncGenerator[list[Any], None]:
+    async def _all_resources(self) -> AsyncGenerator[Any, None]:
+        loads = _loads
         for ref in self.files:
             async with aclosing(self._batches_of(ref)) as it:
                 async for batch in it:
-                    yield batch
-
-
-class _SequentialIterator:
-    """``async for`` over resources, one file after another in the caller's task.
-
-    A plain ``__anext__`` that steps through the current list, instead of an async generator yielding per
-    resource: that saves about a microsecond per resource, a sixth of the parse cost.
-    """
-
-    __slots__ = ("_batch", "_batches", "_index")
-
-    def __init__(self, batches: AsyncGenerator[list[Any], None]) -> None:
-        self._batches = batches
-        self._batch: list[Any] = []
-        self._index = 0
-
-    def __aiter__(self) -> _SequentialIterator:
-        return self
-
-    async def __anext__(self) -> Any:
-        index = self._index
-        batch = self._batch
-        while index >= len(batch):
-            batch = self._batch = await self._batches.__anext__()  # StopAsyncIteration ends the loop
-            index = 0
-        self._index = index + 1
-        try:
-            return _loads(batch[index])  # orjson itself (no helper call): this runs once per resource
-        except _json.JSONDecodeError:
-            await self._batches.aclose()
-            raise BulkExportError("a line of a bulk file is not valid JSON") from None
-
-    async def aclose(self) -> None:
-        """Close the underlying file stream (use with ``contextlib.aclosing`` when breaking out early)."""
-        await self._batches.aclose()
+                    for line in batch:
+                        try:
+                            resource = loads(line)
+                        except _json.JSONDecodeError:
+                            raise BulkExportError("a line of a bulk file is not valid JSON") from None
+                        yield resource

@@ -72,6 +72,33 @@ async def test_whole_flow_streams_exactly_the_manifest_counts(
     assert again.status_url != job.status_url
 
 
+async def test_batches_go_on_exactly_where_an_async_for_over_resources_stopped(
+    sandbox: EpicSandbox, client: EpicFHIRClient, group_id: str
+) -> None:
+    job = await client.bulk_export(group_id, types=TYPES, cadence=FAST)
+    manifest = await job.wait(progress=advance_each_poll(sandbox))
+    total = sum(manifest.expected_counts().values())
+    stream = job.resources(concurrency=2)
+    with pytest.raises(RuntimeError, match=r"before stream\.batches\(\)"):
+        await anext(aiter(stream.batches()))
+    seen: list[tuple[str, str]] = []
+    async with stream:
+        async for resource in stream:
+            seen.append((resource["resourceType"], resource["id"]))
+            if len(seen) == 7:  # mid-way through the first file's list
+                break
+        resource = await anext(stream)
+        seen.append((resource["resourceType"], resource["id"]))
+        sizes = []
+        async for batch in stream.batches():
+            sizes.append(len(batch))
+            seen += [(r["resourceType"], r["id"]) for r in batch]
+        after = [r async for r in stream]
+    assert len(seen) == len(set(seen)) == total  # nothing lost, nothing twice
+    assert sizes[0] < max(sizes)  # the first list was the rest of the one the loop had started
+    assert after == []
+
+
 async def test_download_writes_files_and_a_rerun_skips_complete_ones(
     sandbox: EpicSandbox, client: EpicFHIRClient, group_id: str, tmp_path: Path
 ) -> None:

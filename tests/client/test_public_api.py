@@ -15,18 +15,47 @@ import epic_fhir_async
 
 #: Names each namespace loads on first use (their modules are not imported by ``import epic_fhir_async``).
 LAZY = {
-    "": {"SmartLaunch"},
+    "": {
+        "AccessToken",
+        "BackendServicesAuth",
+        "ClientSecretAuth",
+        "RefreshTokenAuth",
+        "SmartAuth",
+        "SmartLaunch",
+        "SmartTokenSet",
+    },
     "auth": {
+        "AccessToken",
         "AuthorizationRequest",
+        "BackendServicesAuth",
+        "ClientSecretAuth",
         "IdTokenVerifier",
+        "InMemoryTokenCache",
         "InMemoryTokenSetStore",
+        "InsecureKeyFileWarning",
         "PendingSignIn",
         "RedisTokenSetStore",
+        "RefreshTokenAuth",
+        "SigningKey",
+        "SmartAuth",
+        "SmartEndpoints",
         "SmartLaunch",
         "SmartSessions",
+        "SmartTokenSet",
+        "TokenAuth",
+        "TokenCache",
+        "TokenCacheKey",
         "TokenCipher",
+        "TokenManager",
         "TokenSetStore",
+        "build_client_assertion",
+        "discover_endpoints",
+        "generate_private_key",
+        "load_private_keys",
+        "private_key_pem",
+        "public_jwks",
     },
+    "bulk": {"BulkDownloadResult", "BulkTransferStats", "DownloadedFile"},
 }
 
 
@@ -87,11 +116,30 @@ def test_the_web_app_names_load_on_first_use_and_only_then() -> None:
     assert fresh_python(code) == "[] SmartSessions True"
 
 
+def test_a_job_with_a_ready_token_loads_no_grant_and_streaming_loads_no_download() -> None:
+    code = (
+        "import sys, epic_fhir_async;"
+        "from epic_fhir_async import EpicFHIRClient, StaticTokenAuth;"
+        "client = EpicFHIRClient('https://fhir.example/R4', auth=StaticTokenAuth('t'));"
+        "job = client.bulk_export_job('https://fhir.example/R4/BulkRequest/1');"
+        "heavy = ('auth._backend', 'auth._grants', 'auth._keys', 'auth._token_manager', 'auth._smart_auth',"
+        " 'auth._discovery', 'bulk._download');"
+        "before = [m for m in heavy if 'epic_fhir_async.' + m in sys.modules];"
+        "from epic_fhir_async import BackendServicesAuth;"
+        "from epic_fhir_async.bulk import BulkTransferStats;"
+        "after = [m for m in heavy if 'epic_fhir_async.' + m in sys.modules];"
+        "print(before, 'auth._backend' in after, 'bulk._download' in after)"
+    )
+    assert fresh_python(code) == "[] True True"
+
+
 def test_an_unknown_top_level_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="NoSuchThing"):
         getattr(epic_fhir_async, "NoSuchThing")  # noqa: B009 - the dynamic lookup is the point
     with pytest.raises(AttributeError, match="NoSuchThing"):
         getattr(epic_fhir_async.auth, "NoSuchThing")  # noqa: B009
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        getattr(importlib.import_module("epic_fhir_async.bulk"), "NoSuchThing")  # noqa: B009
 
 
 def test_the_top_level_is_small_and_loads_neither_pull_nor_bulk() -> None:
