@@ -50,6 +50,21 @@ class CLISandbox:
         return dict(self.sandbox.stats)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_reaches_the_commands() -> Iterator[None]:
+    """The tests press Ctrl-C (SIGINT) in the ``epic-fhir`` processes they start. A test run started in the
+    background of a non-interactive shell (``cmd &``, ``nohup``) has SIGINT ignored; every child inherits that,
+    and Python then installs no KeyboardInterrupt handler, so the commands would rightly ignore Ctrl-C. An
+    ignored disposition survives ``exec`` and a handler does not: with Python's own handler installed here, the
+    children start with the default, as from a terminal."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CLISandbox:
     sb = EpicSandbox(SandboxConfig(seed=3, patients=4, export_seconds=0.0))
