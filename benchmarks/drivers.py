@@ -1,4 +1,4 @@
-"""The programs the whole-process benchmark runs, one per process: ``python -m benchmarks.drivers NAME ARGS``.
+"""The programs the whole-process benchmark runs, one per process: ``python benchmarks/drivers.py NAME ARGS``.
 
 Each driver is what a user's job would be: the SDK's way, or the twenty lines of anyio + httpx + orjson a user
 could write by hand. A driver imports only what its own way needs (the hand-written ones never import the SDK)

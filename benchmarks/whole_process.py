@@ -1,7 +1,7 @@
 """Whole-process benchmarks: the SDK against the loop a user would write by hand, each run as its own process.
 
 A user's job is a process: it imports the SDK, runs, and exits. So every driver in :mod:`benchmarks.drivers`
-runs in a fresh ``python -m benchmarks.drivers NAME`` subprocess, the SDK's and the hand-written ones
+runs in a fresh ``python benchmarks/drivers.py NAME`` subprocess, the SDK's and the hand-written ones
 interleaved (A B A B ...), against servers on 127.0.0.1 that run in their own processes (pre-rendered pages,
 so the server is never the bottleneck and its CPU is not counted). CPU is the operating system's account of
 each finished child (``resource.getrusage(RUSAGE_CHILDREN)``: user + system); wall is measured around it. The
@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -53,20 +54,37 @@ PYTHON = [sys.executable]
 
 #: Run once by the drivers' interpreter before measuring: an installed package has its bytecode (pip writes it
 #: at install time), a checkout may not (PYTHONDONTWRITEBYTECODE, or sources newer than their .pyc), and
-#: compiling ~50 modules in every run would be counted as the SDK's import.
+#: compiling ~50 modules in every run would be counted as the SDK's import. It prints where the SDK the drivers
+#: import lives: run from the drivers' directory, as they are, so that a checkout's sources never shadow the
+#: interpreter's own install.
 _COMPILE = """
 import compileall, os, sys
-import epic_fhir_async, benchmarks
-for package in (epic_fhir_async, benchmarks):
-    if not compileall.compile_dir(os.path.dirname(package.__file__), quiet=2):
-        sys.exit("could not write bytecode for " + package.__name__)
+import epic_fhir_async
+for path in (os.path.dirname(epic_fhir_async.__file__), sys.argv[1]):
+    if not compileall.compile_dir(path, quiet=2):
+        sys.exit("could not write bytecode for " + path)
+print(os.path.dirname(epic_fhir_async.__file__))
 """
 
+#: The drivers run as a script, not ``-m benchmarks.drivers``: ``-m`` puts the working directory first on
+#: ``sys.path``, and from a checkout the drivers would import its sources rather than the ``--python``
+#: interpreter's install.
+DRIVERS = Path(__file__).with_name("drivers.py")
 
-def compile_bytecode() -> None:
-    done = subprocess.run([PYTHON[0], "-c", _COMPILE], capture_output=True, text=True, check=False)
+
+def compile_bytecode() -> str:
+    """Compile the SDK and the drivers for the drivers' interpreter; where its SDK lives."""
+    done = subprocess.run(
+        [PYTHON[0], "-c", _COMPILE, str(DRIVERS.parent)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=DRIVERS.parent,
+    )
     if done.returncode != 0:  # measured anyway: the import figures then include compiling
         print(f"warning: could not write the drivers' bytecode: {done.stderr.strip()[-500:]}")
+        return "?"
+    return done.stdout.strip()
 
 
 def run_driver(name: str, args: dict[str, Any]) -> Run:
@@ -74,7 +92,7 @@ def run_driver(name: str, args: dict[str, Any]) -> Run:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
-        [PYTHON[0], "-m", "benchmarks.drivers", name, orjson.dumps(args).decode()],
+        [PYTHON[0], str(DRIVERS), name, orjson.dumps(args).decode()],
         capture_output=True,
         text=True,
         check=False,
@@ -336,10 +354,10 @@ def main(argv: list[str] | None = None) -> None:
     PYTHON[0] = args.python
     rounds = args.rounds or (3 if args.quick else 5)
     client = orjson.loads(args.client)
-    compile_bytecode()
+    sdk = compile_bytecode()
     print(
         f"whole processes, {rounds} interleaved rounds, medians; CPU = user + system of each child (OS); "
-        f"drivers run by {args.python}, bytecode compiled first as an install has it"
+        f"drivers run by {args.python} with the SDK in {sdk}, bytecode compiled first as an install has it"
     )
     for name in args.only.split(","):
         for line in SCENARIOS[name.strip()](rounds, args.quick, client):
