@@ -45,14 +45,14 @@ __all__ = ["BulkResourceStream"]
 _HANDOFF_BYTES = 256 * 1024
 
 
-_loads = _json.loads
+_NOT_JSON = "a line of a bulk file is not valid JSON"
 
 
 def _parse(line: bytes) -> Any:
     try:
         return _json.loads(line)
     except _json.JSONDecodeError:
-        raise BulkExportError("a line of a bulk file is not valid JSON") from None
+        raise BulkExportError(_NOT_JSON) from None
 
 
 class BulkResourceStream:
@@ -196,7 +196,7 @@ class BulkResourceStream:
 
     async def _received(self) -> AsyncGenerator[Any, None]:
         receive = self._receive
-        loads = _loads
+        loads = _json.loads  # parsed inline in both generators: calling _parse measured 30-120 ns more each
         while receive is not None and self._state == "running":
             try:
                 # receive_nowait first: receive() yields to the event loop even when a batch is waiting.
@@ -214,7 +214,7 @@ class BulkResourceStream:
                 try:
                     resource = loads(line)
                 except _json.JSONDecodeError:
-                    raise BulkExportError("a line of a bulk file is not valid JSON") from None
+                    raise BulkExportError(_NOT_JSON) from None
                 yield resource
 
     async def batches(self) -> AsyncIterator[list[Any]]:
@@ -231,7 +231,7 @@ class BulkResourceStream:
             yield [_parse(line) for line in batch]
 
     async def _all_resources(self) -> AsyncGenerator[Any, None]:
-        loads = _loads
+        loads = _json.loads
         for ref in self.files:
             async with aclosing(self._batches_of(ref)) as it:
                 async for batch in it:
@@ -239,5 +239,5 @@ class BulkResourceStream:
                         try:
                             resource = loads(line)
                         except _json.JSONDecodeError:
-                            raise BulkExportError("a line of a bulk file is not valid JSON") from None
+                            raise BulkExportError(_NOT_JSON) from None
                         yield resource
