@@ -8,9 +8,10 @@ files, in interleaved rounds (the driver order rotates each round). Printed in o
   ``async for`` over it, every resource parsed) at c=1 and at the default c=4; a raw ``httpx`` stream + hand
   split + ``orjson`` per line reading the files one after another (the issue's baseline); and the same raw
   loop run as 4 concurrent tasks (anyio task group + CapacityLimiter), the like-for-like baseline for c=4;
+  and ``stream.batches()`` at the default c=4, each list walked;
 * paired ratios SDK/raw (median and min..max over rounds; target throughput >= 0.85): single file at a time
   against the sequential raw loop, 4 files against the 4-task raw loop, and 4 files against the sequential
-  raw loop;
+  raw loop; and what ``stream.batches()`` costs in CPU against ``async for`` over the same stream;
 * the peak RSS of a fresh client process streaming a ~1 GB output through the SDK (target < 150 MB).
 
     python -m benchmarks bulk                 # 200 MB and 1 GB
@@ -122,6 +123,20 @@ async def sdk(base_url: str, token: str, status_url: str, concurrency: int) -> t
         return n, time.perf_counter() - started, time.process_time() - cpu
 
 
+async def sdk_batches(base_url: str, token: str, status_url: str) -> tuple[int, float, float]:
+    """``async with job.resources() as stream: async for batch in stream.batches()``, each list walked."""
+    async with EpicFHIRClient(base_url, auth=StaticTokenAuth(token)) as client:
+        job = client.bulk_export_job(status_url, cadence=FAST)
+        await job.wait()
+        n = 0
+        started, cpu = time.perf_counter(), time.process_time()
+        async with job.resources() as stream:
+            async for batch in stream.batches():
+                for _resource in batch:
+                    n += 1
+        return n, time.perf_counter() - started, time.process_time() - cpu
+
+
 async def raw(token: str, urls: list[str], concurrency: int) -> tuple[int, float, float]:
     """The baseline: files one after another (``concurrency`` 1) or as that many concurrent tasks."""
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+ndjson"}
@@ -185,6 +200,7 @@ def _peak_rss(server: Server) -> tuple[int, int, float, float]:
 # -- reporting ---------------------------------------------------------------------------------------------
 Run = Callable[[], Awaitable[tuple[int, float, float]]]
 SDK1, SDK4 = "SDK job.resources(concurrency=1)", "SDK job.resources() (default 4)"
+SDKB = "SDK stream.batches() (default 4)"
 RAW1, RAW4 = "raw httpx+orjson, sequential", "raw httpx+orjson, 4 tasks"
 #: (SDK driver, baseline, label): the single-file and multi-file comparisons the issue asks for.
 PAIRS = [
@@ -221,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
             RAW1: lambda: raw(token, urls, 1),
             SDK4: lambda: sdk(base, token, status_url, 4),
             RAW4: lambda: raw(token, urls, 4),
+            SDKB: lambda: sdk_batches(base, token, status_url),
         }
         anyio.run(drivers[SDK4])  # warm-up: imports, page cache, the server's synthetic pool
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in drivers}
@@ -250,6 +267,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"  {label:48} throughput {_spread(throughput)} {verdict}; "
                 f"CPU efficiency {_spread(cpu_ratio)}"
             )
+        lists = [b[1] / a[1] for a, b in zip(samples[SDK4], samples[SDKB], strict=True)]
+        print(
+            f"  stream.batches() / async for over the resources, CPU {_spread(lists)} (information, no target)"
+        )
 
         server.synthetic(args.memory_mb)
         count, expected, seconds, peak = _peak_rss(server)

@@ -855,6 +855,7 @@ class HTTPSession:
         self.max_resource_bytes = _check_limit("max_resource_bytes", max_resource_bytes)
         self.max_ndjson_line_bytes = max_ndjson_line_bytes
         self.max_pages = _check_limit("max_pages", max_pages)
+        self.pause_gc = pause_gc
         self._loads = _json.loads_pausing_gc if pause_gc else _json.loads
         self._read_body: int | bool = max_response_bytes if max_response_bytes is not None else True
         self._read_resource: int | bool = max_resource_bytes if max_resource_bytes is not None else True

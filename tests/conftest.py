@@ -3,12 +3,14 @@ reaches the network beyond loopback (the guard below makes that a failure instea
 
 Also the fakes and fixtures that tests in several folders use: :class:`FakeEpic` (a tiny Epic token server and
 FHIR endpoint on ``httpx.MockTransport``), :class:`Recorder` (a MockTransport handler that records requests),
+:class:`ParseRecorder` (which JSON parses ran with the cyclic GC paused),
 a client on the default in-process sandbox, and a real redis-server (``redis_url``, ``redis_db``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import ipaddress
 import itertools
 import socket
@@ -20,6 +22,7 @@ from urllib.parse import parse_qsl
 import anyio
 import httpx
 import jwt as pyjwt
+import orjson
 import pytest
 
 from epic_fhir_async import EpicFHIRClient, RetryPolicy, StaticTokenAuth, _json
@@ -247,6 +250,33 @@ class Recorder:
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+# -- the cyclic GC while bodies are parsed -----------------------------------------------------------------
+
+
+class ParseRecorder:
+    """orjson.loads, noting whether the cyclic GC was enabled while it ran (see :func:`parse_recorder`)."""
+
+    def __init__(self) -> None:
+        self.enabled_during: list[bool] = []
+        self._loads = orjson.loads
+
+    def loads(self, data: Any) -> Any:
+        self.enabled_during.append(gc.isenabled())
+        return self._loads(data)
+
+
+@pytest.fixture
+def parse_recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[ParseRecorder]:
+    """Records every JSON parse; checks at the end that the collector is as the test found it."""
+    rec = ParseRecorder()
+    monkeypatch.setattr(orjson, "loads", rec.loads)  # what the pausing parsers call
+    monkeypatch.setattr(_json, "loads", rec.loads)  # what pause_gc=False uses
+    was = gc.isenabled()
+    yield rec
+    assert gc.isenabled() == was
+    gc.enable()
 
 
 # -- the default in-process sandbox ------------------------------------------------------------------------

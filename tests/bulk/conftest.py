@@ -41,12 +41,14 @@ def make_client(
     transport: httpx.AsyncBaseTransport | None = None,
     auth: Any = None,
     retry: RetryPolicy | None = None,
+    **options: Any,
 ) -> EpicFHIRClient:
     return EpicFHIRClient(
         sb.base_url,
         auth=auth if auth is not None else StaticTokenAuth(sb.issue_token(client_id=CLIENT_ID, lifetime=1e9)),
         transport=transport or sb.transport(),
         retry=retry or RetryPolicy(max_attempts=1),
+        **options,
     )
 
 

@@ -99,6 +99,42 @@ async def test_batches_go_on_exactly_where_an_async_for_over_resources_stopped(
     assert after == []
 
 
+async def test_batches_of_a_size_are_that_long_but_the_last_and_lose_nothing(
+    sandbox: EpicSandbox, client: EpicFHIRClient, group_id: str
+) -> None:
+    job = await client.bulk_export(group_id, types=TYPES, cadence=FAST)
+    manifest = await job.wait(progress=advance_each_poll(sandbox))
+    total = sum(manifest.expected_counts().values())
+    for size in (1, 7, 100, total + 1):
+        seen: list[tuple[str, str]] = []
+        sizes: list[int] = []
+        async with job.resources(concurrency=3) as stream:
+            async for resource in stream:  # lists go on from here, and need not start a file
+                seen.append((resource["resourceType"], resource["id"]))
+                if len(seen) == 3:
+                    break
+            async for batch in stream.batches(size=size):
+                sizes.append(len(batch))
+                seen += [(r["resourceType"], r["id"]) for r in batch]
+        assert len(seen) == len(set(seen)) == total, size  # nothing lost, nothing twice
+        assert set(sizes[:-1]) <= {size}, size
+        assert 1 <= sizes[-1] <= size, size
+    assert sizes == [total - 3]  # a size beyond the export: the rest in one list
+
+
+@pytest.mark.parametrize("size", [0, -1, True, 2.5, "10"])
+async def test_a_batch_size_that_is_not_a_positive_whole_number_is_refused(
+    sandbox: EpicSandbox, client: EpicFHIRClient, group_id: str, size: Any
+) -> None:
+    job = await client.bulk_export(group_id, types=["Patient"], cadence=FAST)
+    manifest = await job.wait(progress=advance_each_poll(sandbox))
+    async with job.resources() as stream:
+        with pytest.raises(ConfigurationError, match=r"batches\(size=\.\.\.\) takes a whole number"):
+            stream.batches(size=size)
+        # Refused before anything was read: the stream goes on whole.
+        assert len([r async for r in stream]) == manifest.expected_counts()["Patient"]
+
+
 async def test_download_writes_files_and_a_rerun_skips_complete_ones(
     sandbox: EpicSandbox, client: EpicFHIRClient, group_id: str, tmp_path: Path
 ) -> None:

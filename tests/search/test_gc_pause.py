@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -14,6 +13,8 @@ import orjson
 import pytest
 
 from epic_fhir_async import EpicFHIRClient, EpicFHIRError, StaticTokenAuth, _json
+
+from ..conftest import ParseRecorder
 
 BASE = "https://fhir.example.org/api/FHIR/R4"
 
@@ -25,28 +26,6 @@ def _bundle(n: int, next_url: str | None = None) -> dict[str, Any]:
         for i in range(n)
     ]
     return {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
-
-
-class _Recorder:
-    """orjson.loads, noting whether the collector was enabled while it ran."""
-
-    def __init__(self) -> None:
-        self.enabled_during: list[bool] = []
-
-    def loads(self, data: Any) -> Any:
-        self.enabled_during.append(gc.isenabled())
-        return orjson.loads(data)
-
-
-@pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Recorder]:
-    rec = _Recorder()
-    monkeypatch.setattr(_json, "orjson", type("O", (), {"loads": staticmethod(rec.loads)}))
-    monkeypatch.setattr(_json, "loads", rec.loads)  # what pause_gc=False uses
-    was = gc.isenabled()
-    yield rec
-    assert gc.isenabled() == was  # whatever the test did, the collector is as the test found it
-    gc.enable()
 
 
 def _client(handler: Any, **options: Any) -> EpicFHIRClient:
@@ -63,17 +42,17 @@ def _pages(request: httpx.Request) -> httpx.Response:
 
 
 @pytest.mark.anyio
-async def test_a_search_parses_with_the_gc_paused_and_restores_it(recorder: _Recorder) -> None:
+async def test_a_search_parses_with_the_gc_paused_and_restores_it(parse_recorder: ParseRecorder) -> None:
     assert gc.isenabled()
     async with _client(_pages) as client:
         found = [r async for r in client.search("Observation", patient="p", category="laboratory")]
     assert len(found) == 6
-    assert recorder.enabled_during == [False, False]
+    assert parse_recorder.enabled_during == [False, False]
     assert gc.isenabled()
 
 
 @pytest.mark.anyio
-async def test_a_collector_disabled_by_the_application_stays_disabled(recorder: _Recorder) -> None:
+async def test_a_collector_disabled_by_the_application_stays_disabled(parse_recorder: ParseRecorder) -> None:
     gc.disable()
     try:
         async with _client(_pages) as client:
@@ -86,26 +65,26 @@ async def test_a_collector_disabled_by_the_application_stays_disabled(recorder: 
 
 
 @pytest.mark.anyio
-async def test_the_collector_is_restored_when_the_body_is_not_json(recorder: _Recorder) -> None:
+async def test_the_collector_is_restored_when_the_body_is_not_json(parse_recorder: ParseRecorder) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"{not json", headers={"Content-Type": "application/fhir+json"})
 
     async with _client(handler) as client:
         with pytest.raises(EpicFHIRError, match="invalid JSON"):
             await client.read("Patient", "p1")
-    assert recorder.enabled_during == [False]
+    assert parse_recorder.enabled_during == [False]
     assert gc.isenabled()
 
 
 @pytest.mark.anyio
-async def test_pause_gc_false_never_touches_the_collector(recorder: _Recorder) -> None:
+async def test_pause_gc_false_never_touches_the_collector(parse_recorder: ParseRecorder) -> None:
     async with _client(_pages, pause_gc=False) as client:
         assert len([r async for r in client.search("Observation", patient="p", category="laboratory")]) == 6
-    assert recorder.enabled_during == [True, True]
+    assert parse_recorder.enabled_during == [True, True]
 
 
 @pytest.mark.anyio
-async def test_a_cancelled_search_leaves_the_collector_enabled(recorder: _Recorder) -> None:
+async def test_a_cancelled_search_leaves_the_collector_enabled(parse_recorder: ParseRecorder) -> None:
     async def slow(request: httpx.Request) -> httpx.Response:
         if "page=2" in str(request.url):
             await anyio.sleep(10)
@@ -118,20 +97,24 @@ async def test_a_cancelled_search_leaves_the_collector_enabled(recorder: _Record
     assert gc.isenabled()
 
 
-def test_parses_in_several_threads_restore_the_collector_once() -> None:
+def test_pages_and_lists_parsed_in_several_threads_restore_the_collector_once() -> None:
     body = orjson.dumps(_bundle(2000))
+    lines = [orjson.dumps(entry["resource"]) for entry in _bundle(2000)["entry"]]
     start = threading.Barrier(4)
     errors: list[BaseException] = []
 
-    def work() -> None:
+    def work(n: int) -> None:
         try:
             start.wait()
             for _ in range(20):
-                assert len(_json.loads_pausing_gc(body)["entry"]) == 2000
+                if n % 2:  # bulk lists (stream.batches()) and pages pause and resume the same collector
+                    assert len(_json.loads_each_pausing_gc(lines)) == 2000
+                else:
+                    assert len(_json.loads_pausing_gc(body)["entry"]) == 2000
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
     for t in threads:
