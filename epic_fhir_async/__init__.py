@@ -57,6 +57,7 @@ from ._errors import UnprocessableEntity as UnprocessableEntity
 from ._errors import UnsafeURLError as UnsafeURLError
 from ._errors import UntrustedIssuer as UntrustedIssuer
 from ._http import RetryTransport as RetryTransport
+from ._lazy import lazy_names as _lazy_names
 from ._outcome import OperationOutcome as OperationOutcome
 from ._outcome import OutcomeIssue as OutcomeIssue
 from ._retry import RetryPolicy as RetryPolicy
@@ -128,12 +129,12 @@ _LAZY: dict[str, str] = {
 }
 
 
+_load_lazy = _lazy_names(__name__, _LAZY, globals())[0]
+
+
 def __getattr__(name: str) -> _Any:
-    lazy = _LAZY.get(name)
-    if lazy is not None:
-        value = getattr(_importlib.import_module(f"epic_fhir_async.{lazy}"), name)
-        globals()[name] = value  # once: later lookups are plain attribute reads
-        return value
+    if name in _LAZY:
+        return _load_lazy(name)
     namespace = _MOVED.get(name)
     if namespace is None:
         raise AttributeError(f"module 'epic_fhir_async' has no attribute {name!r}")

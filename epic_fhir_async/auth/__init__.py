@@ -8,10 +8,9 @@ single-flight, refreshed a little before expiry, one refresh for any number of c
 
 from __future__ import annotations
 
-import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
 
+from .._lazy import lazy_names as _lazy_names
 from ._epic_auth import EpicAuth as EpicAuth
 from ._epic_auth import StaticTokenAuth as StaticTokenAuth
 
@@ -83,18 +82,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> _Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'epic_fhir_async.auth' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # once: later lookups are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
-
+__getattr__, __dir__ = _lazy_names(__name__, _LAZY, globals())
 
 __all__ = [
     "AccessToken",

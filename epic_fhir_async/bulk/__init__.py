@@ -15,9 +15,9 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
 
 from .._config import EPIC_SANDBOX_BULK_GROUP_ID as EPIC_SANDBOX_BULK_GROUP_ID
+from .._lazy import lazy_names as _lazy_names
 from ._job import BulkExportJob as BulkExportJob
 from ._kickoff import BulkExportStart as BulkExportStart
 from ._manifest import BulkFileRef as BulkFileRef
@@ -33,21 +33,8 @@ if _TYPE_CHECKING:
 
 #: The download-to-disk names, imported with ``job.download()`` or on first use: streaming resources does not
 #: load them.
-_LAZY = ("BulkDownloadResult", "BulkTransferStats", "DownloadedFile")
-
-
-def __getattr__(name: str) -> _Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'epic_fhir_async.bulk' has no attribute {name!r}")
-    from . import _download
-
-    value = getattr(_download, name)
-    globals()[name] = value  # once: later lookups are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+_LAZY = {name: "_download" for name in ("BulkDownloadResult", "BulkTransferStats", "DownloadedFile")}
+__getattr__, __dir__ = _lazy_names(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -259,7 +259,7 @@ class BulkResourceStream:
             while len(pending) - start >= size:
                 yield _parse_all(pending[start : start + size], pause_gc)
                 start += size
-            pending = pending[start:]
+            del pending[:start]  # pending is this generator's own list: no copy of what is left
             try:
                 batch = await anext(received)
             except StopAsyncIteration:
